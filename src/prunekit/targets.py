@@ -1,0 +1,201 @@
+"""Which parameters are pruned.
+
+A *target* is one parameter tensor of one module, named by its fully qualified name in the
+unpruned model (``"layer1.0.conv1.weight"``), even after a mask has been attached with
+``torch.nn.utils.parametrize``. Tied parameters (one ``nn.Parameter`` held by several modules)
+form one target with several aliases, so they are scored once and masked consistently.
+
+Selection (``include`` / ``exclude``) takes one item or a list of items, each one of:
+
+* a module type (``nn.Linear``, or a tuple of types): that module's ``weight``;
+* a glob on names (``"encoder.*"``, ``"fc1"``): the ``weight`` of every module whose name
+  matches, or a parameter whose full name matches when the glob ends with that parameter's
+  name (``"*.bias"``, ``"emb.weight"``);
+* a predicate ``(module, fqn) -> bool`` on modules (torchao's filter): that module's ``weight``.
+
+The default selects the weights of ``nn.Linear`` and every convolution.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = ["Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches"]
+
+Selector = Union[type, tuple, str, Callable[[nn.Module, str], bool], Iterable[Any], None]
+
+_DEFAULT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+@dataclass
+class Target:
+    """One prunable parameter.
+
+    Attributes:
+        fqn: full name in the unpruned model, e.g. ``"fc1.weight"``.
+        module: the module that owns it (first alias).
+        module_fqn: that module's name (``"fc1"``).
+        name: the parameter's name inside the module (``"weight"``).
+        aliases: every ``(module, name, fqn, module_fqn)`` holding this same tensor (ties), first
+            included.
+    """
+
+    fqn: str
+    module: nn.Module
+    module_fqn: str
+    name: str
+    aliases: list = field(default_factory=list)
+
+    @property
+    def param(self) -> torch.Tensor:
+        """The stored tensor: the unmasked original when a mask is attached."""
+        return raw_param(self.module, self.name)
+
+    @property
+    def out_dim(self) -> int:
+        """The dimension that indexes output channels / features."""
+        return 1 if isinstance(self.module, nn.modules.conv._ConvTransposeNd) else 0
+
+    @property
+    def in_dim(self) -> int | None:
+        """The dimension that indexes input channels / features (None for 1-D tensors)."""
+        if self.param.dim() < 2:
+            return None
+        return 0 if isinstance(self.module, nn.modules.conv._ConvTransposeNd) else 1
+
+
+def raw_param(module: nn.Module, name: str) -> torch.Tensor:
+    """The stored tensor ``module.name``: the original under a parametrization, else the parameter."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
+def candidates(model: nn.Module) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+    """Every ``(module_fqn, module, param_name, tensor)`` of the model, parametrizations unwrapped.
+
+    Tied tensors appear once per holder, in ``named_modules`` order.
+    """
+    out = []
+    for mfqn, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in f".{mfqn}.":
+            continue
+        names = list(module._parameters)
+        if parametrize.is_parametrized(module):
+            names += [n for n in module.parametrizations if n not in names]
+        for pname in names:
+            tensor = raw_param(module, pname)
+            if tensor is None:
+                continue
+            out.append((mfqn, module, pname, tensor))
+    return out
+
+
+def _join(mfqn: str, pname: str) -> str:
+    return f"{mfqn}.{pname}" if mfqn else pname
+
+
+def _items(selector: Selector) -> list:
+    if selector is None:
+        return []
+    if isinstance(selector, (str, type)) or callable(selector) or _types(selector):
+        return [selector]
+    try:
+        return list(selector)
+    except TypeError:
+        raise TypeError(
+            f"include/exclude item {selector!r} is not understood; use a module type (nn.Linear), "
+            "a name glob ('encoder.*', '*.bias'), a predicate (module, fqn) -> bool, or a list of these"
+        ) from None
+
+
+def _types(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) > 0 and all(isinstance(x, type) for x in item)
+
+
+def matches(item: Any, module: nn.Module, mfqn: str, pname: str) -> bool:
+    """Whether one selector item picks parameter ``pname`` of ``module`` (named ``mfqn``)."""
+    fqn = _join(mfqn, pname)
+    if isinstance(item, type) or _types(item):
+        return pname == "weight" and isinstance(module, item)
+    if isinstance(item, str):
+        last = item.rsplit(".", 1)[-1]
+        if pname == "weight" and fnmatch.fnmatchcase(mfqn, item):
+            return True
+        return last == pname and fnmatch.fnmatchcase(fqn, item)
+    if callable(item):
+        return pname == "weight" and bool(item(module, mfqn))
+    raise TypeError(
+        f"include/exclude item {item!r} is not understood; use a module type (nn.Linear), "
+        "a name glob ('encoder.*', '*.bias') or a predicate (module, fqn) -> bool"
+    )
+
+
+def all_params(model: nn.Module) -> list[Target]:
+    """One Target per distinct tensor, in model order, with every holder as an alias."""
+    holders: dict[int, list] = {}
+    for mfqn, module, pname, tensor in candidates(model):
+        holders.setdefault(id(tensor), []).append((module, pname, _join(mfqn, pname), mfqn))
+    out = []
+    for group in holders.values():
+        module, pname, fqn, mfqn = group[0]
+        out.append(Target(fqn, module, mfqn, pname, group))
+    return out
+
+
+def param_index(model: nn.Module) -> dict[str, Target]:
+    """Every parameter name (aliases included, unpruned naming) to its Target."""
+    return {f: t for t in all_params(model) for _, _, f, _ in t.aliases}
+
+
+def find_targets(model: nn.Module, include: Selector = None, exclude: Selector = None) -> list[Target]:
+    """Select the parameters to prune.
+
+    Args:
+        model: the model; it is not changed.
+        include: what to prune (see the module docstring); default: Linear and Conv weights.
+        exclude: what to leave alone, same forms as ``include``.
+
+    Returns:
+        Targets in model order, one per distinct tensor (ties merged, aliases kept).
+
+    Raises:
+        ValueError: nothing matched, or a matched tensor is not floating point.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> [t.fqn for t in find_targets(m, exclude="1")]
+        ['0.weight']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inc, exc = _items(include), _items(exclude)
+    if not inc:
+        inc = [_DEFAULT_TYPES]
+    targets = []
+    for target in all_params(model):
+        picked = any(matches(i, m, mf, n) for m, n, _, mf in target.aliases for i in inc)
+        dropped = any(matches(i, m, mf, n) for m, n, _, mf in target.aliases for i in exc)
+        if not picked or dropped:
+            continue
+        fqn = target.fqn
+        if not torch.is_floating_point(target.param):
+            raise ValueError(
+                f"parameter '{fqn}' has dtype {target.param.dtype}; only floating-point tensors can be "
+                "pruned. Leave it out with exclude=..."
+            )
+        targets.append(target)
+    if not targets:
+        names = sorted({type(m).__name__ for _, m, _, _ in candidates(model)})
+        raise ValueError(
+            f"include={include!r} / exclude={exclude!r} matched no parameters. The model's module types "
+            f"are {names}; pass a module type, a name glob such as 'layer1.*', or a predicate "
+            "(module, fqn) -> bool"
+        )
+    return targets

@@ -1,0 +1,217 @@
+"""Compressed sparse files on safetensors: a bitmask plus the kept values.
+
+Layout of a ``prunekit.sparse.v1`` file (plain safetensors; any safetensors reader can open it):
+
+* a dense tensor is stored under its name, as usual;
+* a sparse one as ``"<name>/bitmask"`` (uint8, ``numpy.packbits`` of the flattened mask, True = kept)
+  and ``"<name>/values"`` (the kept values in flattened order, original dtype);
+* the header metadata ``"prunekit"`` is JSON: format, per-tensor shape/dtype/encoding, whether the
+  bitmask is a pruning mask (re-attached on load) or just where the nonzeros are, the mask pattern,
+  and tied names.
+
+Masked weights always use the bitmask (so a kept weight that happens to be 0.0 stays kept); other
+floating tensors use it when that is smaller than dense (density below ~97%). At 90% unstructured
+sparsity an fp32 weight takes 1/8 + 0.1 * 4 bytes per element instead of 4: 0.13x. Pruned values
+under a mask are not stored: after loading, the original under each mask is zero there.
+
+Loading reads only tensors and JSON; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from prunekit.masks import attach, effective, find_mask
+from prunekit.targets import param_index
+
+__all__ = ["save", "load", "SaveInfo", "FORMAT"]
+
+FORMAT = "prunekit.sparse.v1"
+
+
+@dataclass
+class SaveInfo:
+    """What :func:`save` wrote: ``path``, ``file_bytes``, ``dense_bytes`` (the tensors stored densely,
+    as a plain safetensors file would hold them) and ``ratio`` = file / dense."""
+
+    path: str
+    file_bytes: int
+    dense_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.file_bytes / self.dense_bytes if self.dense_bytes else 1.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.file_bytes / 1e6:.3f} MB sparse vs {self.dense_bytes / 1e6:.3f} MB dense "
+            f"({self.ratio:.3f}x)"
+        )
+
+
+def _clean_state(model: nn.Module):
+    """``(tensors, info, aliases)``: effective values by unpruned name, ties folded into aliases."""
+    index = param_index(model)
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, dict] = {}
+    aliases: dict[str, str] = {}
+    seen_ptr: dict[tuple, str] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in f".{key}":
+            head, _, rest = f".{key}".rpartition(".parametrizations.")
+            tname, _, leaf = rest.partition(".")
+            if leaf != "original":
+                continue
+            key = f"{head[1:]}.{tname}" if head[1:] else tname
+        if key in index:
+            t = index[key]
+            if t.fqn != key:
+                aliases[key] = t.fqn
+                continue
+            pm = find_mask(t.module, t.name)
+            tensors[key] = effective(t.module, t.name).contiguous()
+            info[key] = {"masked": pm is not None, "pattern": pm.pattern if pm else None}
+            if pm is not None:
+                info[key]["mask"] = pm.mask
+            continue
+        ptr = (value.data_ptr(), tuple(value.shape), value.dtype) if value.numel() else None
+        if ptr is not None and ptr in seen_ptr:
+            aliases[key] = seen_ptr[ptr]
+            continue
+        if ptr is not None:
+            seen_ptr[ptr] = key
+        tensors[key] = value.detach().contiguous()
+        info[key] = {"masked": False, "pattern": None}
+    return tensors, info, aliases
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> SaveInfo:
+    """Write ``model``'s weights and masks to a compressed sparse safetensors file.
+
+    Changes nothing in the model. Load with :func:`load` into a fresh instance of the same class.
+
+    Returns:
+        :class:`SaveInfo` with the file size and the dense size it replaces.
+
+    Example:
+        >>> info = prunekit.save(model, "model.pk.safetensors"); print(info)
+        model.pk.safetensors: 0.056 MB sparse vs 0.420 MB dense (0.133x)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tensors, info, aliases = _clean_state(model)
+    out: dict[str, torch.Tensor] = {}
+    meta: dict[str, dict] = {}
+    dense_bytes = 0
+    for name, value in tensors.items():
+        value = value.detach().cpu()
+        entry = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."), "pattern": info[name]["pattern"]}
+        nbytes = value.numel() * value.element_size()
+        dense_bytes += nbytes
+        mask = info[name].get("mask")
+        if mask is None and value.is_floating_point() and value.numel() > 0:
+            nz = value != 0
+            if (value.numel() + 7) // 8 + int(nz.sum()) * value.element_size() < nbytes:
+                mask = nz
+        if mask is None:
+            entry["encoding"] = "dense"
+            out[name] = value
+        else:
+            mask = mask.detach().cpu().reshape(-1)
+            entry["encoding"] = "bitmask"
+            entry["masked"] = bool(info[name]["masked"])
+            out[f"{name}/bitmask"] = torch.from_numpy(np.packbits(mask.numpy()))
+            out[f"{name}/values"] = value.reshape(-1)[mask].clone()
+        meta[name] = entry
+    header = {"format": FORMAT, "tensors": meta, "aliases": aliases, "model_class": type(model).__name__}
+    path = os.fspath(path)
+    save_file(out, path, metadata={"prunekit": json.dumps(header)})
+    return SaveInfo(path, os.path.getsize(path), dense_bytes)
+
+
+def _read(path: str):
+    with safe_open(path, framework="pt") as f:
+        raw = (f.metadata() or {}).get("prunekit")
+        if raw is None:
+            raise ValueError(f"{path} is not a prunekit file (no 'prunekit' header); write it with prunekit.save")
+        header = json.loads(raw)
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
+        decoded = {}
+        for name, entry in header["tensors"].items():
+            shape = torch.Size(entry["shape"])
+            if entry["encoding"] == "dense":
+                decoded[name] = (f.get_tensor(name), None)
+                continue
+            n = shape.numel()
+            bits = np.unpackbits(f.get_tensor(f"{name}/bitmask").numpy(), count=n).astype(bool)
+            mask = torch.from_numpy(bits)
+            values = f.get_tensor(f"{name}/values")
+            full = torch.zeros(n, dtype=values.dtype)
+            full[mask] = values
+            decoded[name] = (full.reshape(shape), mask.reshape(shape) if entry.get("masked") else None)
+    return header, decoded
+
+
+def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
+    """Load a file written by :func:`save` into ``model`` (a fresh instance of the same class).
+
+    Changes: copies every stored value into the model's tensors (same ``nn.Parameter`` objects) and
+    re-attaches the saved masks, so the model matches the saved one exactly, zeros and masks included.
+
+    Args:
+        path: the file.
+        model: an instance of the architecture that was saved; pruned or not.
+        strict: require every parameter and buffer of the model to be in the file.
+
+    Raises:
+        ValueError: the file is not a prunekit file, or it is from a different model (names or shapes
+            differ; the message lists them). Nothing is changed then.
+
+    Example:
+        >>> model = prunekit.load("model.pk.safetensors", MyNet())
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path={path!r} does not exist")
+    header, decoded = _read(path)
+    tensors, info, _ = _clean_state(model)
+    index = param_index(model)
+    missing = [n for n in decoded if n not in tensors]
+    wrong = [
+        f"{n}: file {tuple(decoded[n][0].shape)} vs model {tuple(tensors[n].shape)}"
+        for n in decoded
+        if n in tensors and decoded[n][0].shape != tensors[n].shape
+    ]
+    absent = [n for n in tensors if n not in decoded] if strict else []
+    if missing or wrong or absent:
+        raise ValueError(
+            f"{path} is from a different model (saved from {header.get('model_class')}, loading into "
+            f"{type(model).__name__}): not in the model {missing[:5]}, shape differs {wrong[:5]}, "
+            f"not in the file {absent[:5]}. Load into an instance built like the saved one"
+        )
+    unmask = [n for n, (_, mask) in decoded.items() if mask is None and info[n]["masked"]]
+    if unmask:
+        raise ValueError(
+            f"the model has masks on {unmask[:5]} but the file stores them unmasked; load into an unpruned "
+            "instance or call prunekit.finalize(model) first"
+        )
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for name, (value, mask) in decoded.items():
+            if name in index:
+                t = index[name]
+                t.param.copy_(value)
+                if mask is not None:
+                    attach(t, mask.to(t.param.device), header["tensors"][name].get("pattern") or "unstructured")
+            else:
+                buffers[name].copy_(value)
+    return model

@@ -1,0 +1,39 @@
+"""prunekit: prune PyTorch models and prove the result (smaller, accurate, measurably faster).
+
+Example:
+    >>> import prunekit as pk
+    >>> report = pk.prune(model, sparsity=0.9)      # global magnitude, reversible masks
+    >>> pk.finalize(model); info = pk.save(model, "model.pk.safetensors")
+"""
+
+from prunekit import criteria, deploy, patterns
+from prunekit.criteria import Criterion, ScoreContext
+from prunekit.deploy.storage import SaveInfo, load, save
+from prunekit.masks import PruningMask, apply_masks, finalize, from_torch_prune, masks
+from prunekit.patterns import Pattern
+from prunekit.pruning import prune
+from prunekit.report import SparsityReport, SparsityRow, sparsity_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "prune",
+    "sparsity_report",
+    "masks",
+    "apply_masks",
+    "finalize",
+    "from_torch_prune",
+    "save",
+    "load",
+    "Criterion",
+    "ScoreContext",
+    "Pattern",
+    "PruningMask",
+    "SparsityReport",
+    "SparsityRow",
+    "SaveInfo",
+    "criteria",
+    "patterns",
+    "deploy",
+    "__version__",
+]

@@ -1,0 +1,65 @@
+"""Command line: ``prunekit demo`` and ``prunekit report FILE`` (thin wrappers over the API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _demo(args) -> int:
+    from prunekit.demo import DemoConfig, run
+
+    if not 0.0 <= args.sparsity < 1.0:
+        raise SystemExit(f"prunekit demo: --sparsity {args.sparsity} is outside [0, 1); try 0.9")
+    cfg = DemoConfig(sparsity=args.sparsity, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                     seed=args.seed, out=args.out, limit=args.limit, progress=not args.no_progress)
+    result = run(cfg)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _report(args) -> int:
+    from safetensors import safe_open
+
+    from prunekit.deploy.storage import FORMAT
+
+    with safe_open(args.path, framework="pt") as f:
+        raw = (f.metadata() or {}).get("prunekit")
+    if raw is None:
+        raise SystemExit(f"prunekit report: {args.path} is not a prunekit file (written by prunekit.save)")
+    header = json.loads(raw)
+    print(f"{args.path}: {header.get('format', FORMAT)}, saved from {header.get('model_class')}")
+    print(f"{'tensor':<40} {'shape':>16} {'encoding':>9} {'pattern':>13}")
+    for name, e in header["tensors"].items():
+        shape = "x".join(map(str, e["shape"])) or "scalar"
+        print(f"{name:<40} {shape:>16} {e['encoding']:>9} {e.get('pattern') or '-':>13}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune PyTorch models and prove the result.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train, prune, fine-tune and compare a CNN on real MNIST digits")
+    d.add_argument("--sparsity", type=float, default=0.9)
+    d.add_argument("--epochs", type=int, default=4)
+    d.add_argument("--finetune-epochs", type=int, default=2)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default=None, help="folder for the saved files (default: a temp folder)")
+    d.add_argument("--limit", type=int, default=None, help="use only this many images")
+    d.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_demo)
+    r = sub.add_parser("report", help="list the tensors of a prunekit file")
+    r.add_argument("path")
+    r.set_defaults(func=_report)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

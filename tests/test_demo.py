@@ -1,0 +1,57 @@
+"""The main job (`prunekit demo`) on a reduced budget, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.cli import main
+from prunekit.demo import DemoConfig, SmallCNN, accuracy, load_digits, run
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(epochs=2, finetune_epochs=1, limit=1500, out=str(out), rounds=3, progress=False)
+    return run(cfg)
+
+
+def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
+    dense, pruned = result["rows"]
+    assert result["weight_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert pruned["nonzeros"] < 0.12 * dense["nonzeros"]
+    assert pruned["file_bytes"] < 0.15 * dense["file_bytes"]
+    assert dense["accuracy"] > 0.8 and pruned["accuracy"] > dense["accuracy"] - 0.05
+    assert pruned["latency_ms"] > 0 and dense["speedup"] == 1.0
+
+
+def test_demo_file_reloads_into_a_fresh_model_with_same_accuracy_and_zeros(result):
+    _, _, xte, yte = load_digits(0, 1500)
+    model = pk.load(result["paths"]["pruned"], SmallCNN())
+    assert accuracy(model, xte, yte) == pytest.approx(result["rows"][1]["accuracy"])
+    assert pk.sparsity_report(model).model_nonzeros == result["rows"][1]["nonzeros"]
+
+
+def test_cli_report_lists_the_tensors(result, capsys):
+    assert main(["report", result["paths"]["pruned"]]) == 0
+    out = capsys.readouterr().out
+    assert "classifier.1.weight" in out and "bitmask" in out
+
+
+def test_cli_demo_writes_json_and_rejects_bad_sparsity(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["demo", "--epochs", "1", "--finetune-epochs", "0", "--limit", "400", "--no-progress",
+                 "--sparsity", "0.5", "--out", str(tmp_path), "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert "pruned 50%" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--sparsity 1.5 is outside"):
+        main(["demo", "--sparsity", "1.5"])
+    with pytest.raises(SystemExit, match="not a prunekit file"):
+        from safetensors.torch import save_file
+
+        save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+        main(["report", str(tmp_path / "plain.safetensors")])

@@ -7,6 +7,7 @@ Example:
 """
 
 from prunekit import criteria, deploy, patterns
+from prunekit.bench import Comparison, compare
 from prunekit.criteria import Criterion, ScoreContext
 from prunekit.deploy.storage import SaveInfo, load, save
 from prunekit.masks import PruningMask, apply_masks, finalize, from_torch_prune, masks
@@ -25,6 +26,8 @@ __all__ = [
     "from_torch_prune",
     "save",
     "load",
+    "compare",
+    "Comparison",
     "Criterion",
     "ScoreContext",
     "Pattern",

@@ -68,8 +68,8 @@ class PruningMask(nn.Module):
         return self._cache[1]
 
     def __getstate__(self):
-        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
-        state["_cache"] = None
+        state = self.__dict__.copy()
+        state["_cache"] = None  # a copy starts without the cached masked weight
         return state
 
     def extra_repr(self) -> str:

@@ -8,11 +8,9 @@ import torch
 from torch import nn
 
 from prunekit.masks import effective, find_mask
-from prunekit.targets import all_params
+from prunekit.targets import DEFAULT_TYPES, all_params
 
 __all__ = ["SparsityRow", "SparsityReport", "sparsity_report"]
-
-_DEFAULT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 @dataclass
@@ -112,7 +110,7 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
         report.model_params += n
         report.model_nonzeros += nz
         pm = find_mask(t.module, t.name)
-        if pm is None and not (t.name == "weight" and isinstance(t.module, _DEFAULT_TYPES)):
+        if pm is None and not (t.name == "weight" and isinstance(t.module, DEFAULT_TYPES)):
             continue
         report.rows.append(SparsityRow(t.fqn, tuple(value.shape), n, nz, 1.0 - nz / n if n else 0.0, pm.pattern if pm else "-"))
     return report

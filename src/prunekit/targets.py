@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches"]
+__all__ = ["DEFAULT_TYPES", "Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches"]
 
 Selector = Union[type, tuple, str, Callable[[nn.Module, str], bool], Iterable[Any], None]
 
-_DEFAULT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
+DEFAULT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 @dataclass
@@ -177,7 +177,7 @@ def find_targets(model: nn.Module, include: Selector = None, exclude: Selector =
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inc, exc = _items(include), _items(exclude)
     if not inc:
-        inc = [_DEFAULT_TYPES]
+        inc = [DEFAULT_TYPES]
     targets = []
     for target in all_params(model):
         picked = any(matches(i, m, mf, n) for m, n, _, mf in target.aliases for i in inc)

@@ -22,6 +22,14 @@ def test_globs_select_module_weights_or_named_parameters():
     assert [t.fqn for t in find_targets(net, include=["conv", "fc2.bias"])] == ["conv.weight", "fc2.bias"]
 
 
+def test_module_globs_pick_linear_and_conv_param_globs_pick_anything():
+    net = Net()
+    assert [t.fqn for t in find_targets(net, include="*")] == ["conv.weight", "fc1.weight", "fc2.weight"]
+    assert [t.fqn for t in find_targets(net, include="bn.weight")] == ["bn.weight"]
+    assert [t.fqn for t in find_targets(net, include=[nn.Linear, nn.BatchNorm2d], exclude="bn")] == [
+        "fc1.weight", "fc2.weight"]
+
+
 def test_predicate_sees_module_and_name():
     seen = []
 

@@ -6,12 +6,13 @@ Example:
     >>> pk.finalize(model); info = pk.save(model, "model.pk.safetensors")
 """
 
-from prunekit import criteria, deploy, patterns
+from prunekit import criteria, deploy, patterns, recipes, schedules
 from prunekit.bench import Comparison, compare
 from prunekit.criteria import Criterion, ScoreContext
 from prunekit.deploy.storage import SaveInfo, load, save
 from prunekit.masks import PruningMask, apply_masks, finalize, from_torch_prune, masks
 from prunekit.patterns import Pattern
+from prunekit.pruner import Pruner
 from prunekit.pruning import prune
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
 
@@ -35,8 +36,11 @@ __all__ = [
     "SparsityReport",
     "SparsityRow",
     "SaveInfo",
+    "Pruner",
     "criteria",
     "patterns",
+    "schedules",
+    "recipes",
     "deploy",
     "__version__",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._checks import fraction
 from prunekit.criteria import Criterion, CriterionLike, check_scores, get_criterion
 from prunekit.masks import attach, effective, find_mask
 from prunekit.patterns import NM, Pattern, get_pattern
@@ -34,14 +35,6 @@ Sparsity = Union[float, Mapping[str, float], None]
 SCOPES = ("global", "layer")
 
 
-def _check_fraction(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{what} must be a number in [0, 1), e.g. 0.8 for 80% zeros; got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{what}={value!r} is outside [0, 1); pass e.g. 0.8 to prune 80% of the weights")
-    return float(value)
-
-
 def _plan(sparsity: Sparsity, pattern: Pattern, targets: list[Target], scope: str) -> list[tuple[float, list[Target]]]:
     """Units of ranking: ``[(sparsity, [targets ranked together]), ...]``."""
     fixed = pattern.fixed_sparsity
@@ -52,12 +45,12 @@ def _plan(sparsity: Sparsity, pattern: Pattern, targets: list[Target], scope: st
         for key, value in sparsity.items():
             if not isinstance(key, str):
                 raise TypeError(f"sparsity dict keys must be fqn globs (str), got {key!r}")
-            values[key] = _check_fraction(value, f"sparsity[{key!r}]")
+            values[key] = fraction(value, f"sparsity[{key!r}]")
         chosen: dict[int, str] = {}
         used = set()
         for i, t in enumerate(targets):
             for key in values:  # later keys override earlier ones
-                if any(matches(key, m, mf, n) for m, n, _, mf in t.aliases):
+                if any(matches(key, m, mf, n, None) for m, n, _, mf in t.aliases):
                     chosen[i] = key
                     used.add(key)
         unused = [k for k in values if k not in used]
@@ -81,7 +74,7 @@ def _plan(sparsity: Sparsity, pattern: Pattern, targets: list[Target], scope: st
             raise ValueError(f"sparsity is required for pattern='{pattern}'; pass e.g. sparsity=0.8")
         value = fixed
     else:
-        value = _check_fraction(sparsity, "sparsity")
+        value = fraction(sparsity, "sparsity")
         if fixed is not None and abs(value - fixed) > 1e-9:
             raise ValueError(
                 f"pattern='{pattern}' always gives sparsity {fixed}; got sparsity={sparsity}. Omit sparsity "

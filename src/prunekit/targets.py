@@ -8,9 +8,9 @@ form one target with several aliases, so they are scored once and masked consist
 Selection (``include`` / ``exclude``) takes one item or a list of items, each one of:
 
 * a module type (``nn.Linear``, or a tuple of types): that module's ``weight``;
-* a glob on names (``"encoder.*"``, ``"fc1"``): the ``weight`` of every module whose name
-  matches, or a parameter whose full name matches when the glob ends with that parameter's
-  name (``"*.bias"``, ``"emb.weight"``);
+* a glob on names (``"encoder.*"``, ``"fc1"``): the ``weight`` of every Linear/Conv module whose
+  name matches; or, when the glob ends with a parameter's name (``"*.bias"``, ``"emb.weight"``,
+  ``"*.LayerNorm.weight"``), every parameter whose full name matches, whatever its module;
 * a predicate ``(module, fqn) -> bool`` on modules (torchao's filter): that module's ``weight``.
 
 The default selects the weights of ``nn.Linear`` and every convolution.
@@ -119,16 +119,20 @@ def _types(item: Any) -> bool:
     return isinstance(item, tuple) and len(item) > 0 and all(isinstance(x, type) for x in item)
 
 
-def matches(item: Any, module: nn.Module, mfqn: str, pname: str) -> bool:
-    """Whether one selector item picks parameter ``pname`` of ``module`` (named ``mfqn``)."""
+def matches(item: Any, module: nn.Module, mfqn: str, pname: str, module_types: tuple | None = DEFAULT_TYPES) -> bool:
+    """Whether one selector item picks parameter ``pname`` of ``module`` (named ``mfqn``).
+
+    ``module_types`` limits what a module-name glob selects (Linear/Conv for ``include``); None lets
+    it select any module's weight (``exclude`` and per-layer sparsity keys).
+    """
     fqn = _join(mfqn, pname)
     if isinstance(item, type) or _types(item):
         return pname == "weight" and isinstance(module, item)
     if isinstance(item, str):
-        last = item.rsplit(".", 1)[-1]
-        if pname == "weight" and fnmatch.fnmatchcase(mfqn, item):
+        if item.rsplit(".", 1)[-1] == pname and fnmatch.fnmatchcase(fqn, item):
             return True
-        return last == pname and fnmatch.fnmatchcase(fqn, item)
+        typed = module_types is None or isinstance(module, module_types)
+        return pname == "weight" and typed and fnmatch.fnmatchcase(mfqn, item)
     if callable(item):
         return pname == "weight" and bool(item(module, mfqn))
     raise TypeError(
@@ -181,7 +185,7 @@ def find_targets(model: nn.Module, include: Selector = None, exclude: Selector =
     targets = []
     for target in all_params(model):
         picked = any(matches(i, m, mf, n) for m, n, _, mf in target.aliases for i in inc)
-        dropped = any(matches(i, m, mf, n) for m, n, _, mf in target.aliases for i in exc)
+        dropped = any(matches(i, m, mf, n, None) for m, n, _, mf in target.aliases for i in exc)
         if not picked or dropped:
             continue
         fqn = target.fqn

@@ -1,0 +1,26 @@
+"""Argument checks shared by the public functions: each error names the argument and a fix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["fraction", "integer"]
+
+
+def fraction(value: Any, name: str) -> float:
+    """A sparsity-like number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a number in [0, 1), e.g. 0.8 for 80% zeros; got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is outside [0, 1); pass e.g. 0.8 to prune 80% of the weights")
+    return float(value)
+
+
+def integer(value: Any, name: str, minimum: int) -> int:
+    """An int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value

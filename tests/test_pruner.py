@@ -167,9 +167,11 @@ def test_bad_arguments_and_foreign_state_change_nothing():
     other = nn.Sequential(nn.Linear(4, 4))
     donor = pk.Pruner(other, OneShot(0.5))
     donor.step()
-    pruner = pk.Pruner(model, OneShot(0.5))
+    pruner = pk.Pruner(model, OneShot(0.5))  # arms all-kept masks
+    armed = snapshot(model)
+    assert pk.sparsity_report(model).sparsity == 0.0 and len(pk.masks(model)) == 3
     with pytest.raises(ValueError, match="another model"):
         pruner.load_state_dict(donor.state_dict())
     with pytest.raises(ValueError, match="schedule"):
         pk.Pruner(model, OneShot(0.6)).load_state_dict(pruner.state_dict())
-    assert_unchanged(model, before)
+    assert_unchanged(model, armed)

@@ -13,8 +13,12 @@ Summaries (TF-MOT's ``PruningSummaries``): every update is appended to :attr:`Pr
 TensorBoard; :meth:`Pruner.plot` draws sparsity over steps. ``prunekit.finalize`` is
 ``strip_pruning``.
 
-Distributed: under ``torch.distributed`` the masks are broadcast from rank 0 after every update, so
-every rank holds identical masks even if ranks scored differently.
+Distributed: build the Pruner on the model *before* wrapping it in ``DistributedDataParallel``.
+The Pruner attaches its (all-kept) masks at construction, and attaching a parametrization gives a
+weight a new gradient accumulator (``parametrize`` calls ``set_`` on it), which would silently
+detach DDP's gradient hooks if done after wrapping; later updates only rewrite mask buffers in
+place. Under ``torch.distributed`` the masks are broadcast from rank 0 after every update, so every
+rank holds identical masks even if ranks scored differently.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from torch import nn
 
 from prunekit.criteria import CriterionLike, get_criterion
-from prunekit.masks import apply_masks, find_mask, masks
+from prunekit.masks import apply_masks, attach, find_mask, masks
 from prunekit.patterns import Pattern, get_pattern
 from prunekit.pruning import prune
 from prunekit.schedules import SCHEDULES, Schedule
@@ -40,8 +44,10 @@ __all__ = ["Pruner"]
 class Pruner:
     """Prune ``model`` on a schedule while it trains.
 
+    Changes: attaches all-kept masks to the targeted weights right away (see the module docstring).
+
     Args:
-        model: the model (a DDP-wrapped model works too), pruned in place.
+        model: the model, pruned in place; wrap it in DDP after building the Pruner.
         schedule: a :mod:`prunekit.schedules` schedule. For ``"N:M"`` patterns it only says *when*.
         criterion, pattern, scope, include, exclude, data, loss_fn: as for :func:`prunekit.prune`.
         optimizer: if given, its per-parameter state at pruned entries is zeroed after each update.
@@ -81,6 +87,12 @@ class Pruner:
             raise TypeError(
                 f"schedule must be a prunekit.schedules schedule ({', '.join(SCHEDULES)}), got {type(schedule).__name__}"
             )
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise TypeError(
+                "build the Pruner on the model before wrapping it: pruner = Pruner(model, ...); "
+                "ddp = DistributedDataParallel(model). Attaching masks after wrapping would detach DDP's "
+                "gradient hooks (parametrize gives each weight a new gradient accumulator)"
+            )
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.model = model
@@ -97,6 +109,11 @@ class Pruner:
         self.updated = False
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self._tb = self._tensorboard(tensorboard)
+        for t in self.targets:  # arm now (all kept), so updates only rewrite mask buffers in place
+            if find_mask(t.module, t.name) is None:
+                with torch.no_grad():
+                    shape = getattr(t.module, t.name).shape
+                attach(t, torch.ones(shape, dtype=torch.bool), str(self.pattern))
 
     # -- the training-loop call ---------------------------------------------------------------
 

@@ -209,6 +209,14 @@ def prune(
     for _, ts in plan:
         for t in ts:
             pat.check(shape[id(t)], t.fqn, t.out_dim, t.in_dim)
+    if isinstance(model, nn.parallel.DistributedDataParallel) and any(
+        find_mask(t.module, t.name) is None for _, ts in plan for t in ts
+    ):
+        raise ValueError(
+            "prune the model before wrapping it in DistributedDataParallel (or build a prunekit.Pruner "
+            "before wrapping): attaching masks gives each weight a new gradient accumulator, which would "
+            "silently detach DDP's gradient hooks"
+        )
     crit.prepare(model, [t for _, ts in plan for t in ts], data, loss_fn)
 
     new_masks: list[tuple[Target, torch.Tensor]] = []

@@ -18,8 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+FASHION := /usr/share/datasets/fashion-mnist
+
 bench: $(STAMP)
+	test -d $(FASHION) || ( $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq dataset-fashion-mnist )
 	$(BIN)/python bench/prune_global.py
+	$(BIN)/python bench/fashion_mnist.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -26,6 +26,8 @@ def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
     assert pruned["file_bytes"] < 0.15 * dense["file_bytes"]
     assert dense["accuracy"] > 0.8 and pruned["accuracy"] > dense["accuracy"] - 0.05
     assert pruned["latency_ms"] > 0 and dense["speedup"] == 1.0
+    targets = [r["target"] for r in result["pruner_log"]]
+    assert len(targets) > 3 and targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
 
 
 def test_demo_file_reloads_into_a_fresh_model_with_same_accuracy_and_zeros(result):

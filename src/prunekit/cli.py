@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="train, prune, fine-tune and compare a CNN on real MNIST digits")
     d.add_argument("--sparsity", type=float, default=0.9)
     d.add_argument("--epochs", type=int, default=8)
-    d.add_argument("--finetune-epochs", type=int, default=2)
+    d.add_argument("--finetune-epochs", type=int, default=3)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="folder for the saved files (default: a temp folder)")
     d.add_argument("--limit", type=int, default=None, help="use only this many images")

@@ -6,7 +6,8 @@ entries read as zero) and a :class:`ScoreContext`, and returns a tensor of the s
 
 Built in: ``"magnitude"`` (|w|, L1), ``"l2"`` (w², the squared L2 norm, so a block or channel is ranked
 by its L2 norm), ``"random"`` (seeded), ``"taylor"`` (|w · dL/dw|, first-order Taylor estimate of the
-loss change, from calibration ``data`` + ``loss_fn`` or from gradients already in ``.grad``). Any
+loss change, from calibration ``data`` + ``loss_fn`` or from gradients already in ``.grad``),
+``"wanda"`` (|w| times the L2 norm of its input feature over calibration ``data``). Any
 callable ``(weight, context) -> scores`` works, and so does a :class:`Criterion` subclass that needs
 to look at the model first (override :meth:`Criterion.prepare`).
 """
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterable, Union
 import torch
 from torch import nn
 
-from prunekit._data import run_loss
+from prunekit._data import forward_batch, run_loss
 
 __all__ = [
     "Criterion",
@@ -28,6 +29,7 @@ __all__ = [
     "L2",
     "Random",
     "Taylor",
+    "Wanda",
     "FunctionCriterion",
     "get_criterion",
     "CRITERIA",
@@ -182,6 +184,59 @@ class Taylor(Criterion):
         return (weight * context.grad).abs()
 
 
+class Wanda(Criterion):
+    """|w| * ||x||_2: weight magnitude times the L2 norm of its input feature over ``data``
+    (Sun et al. 2023). Linear layers only; ``prune`` ranks these scores by its ``scope`` (the
+    per-output-row comparison of the paper is ``prunekit.recipes.oneshot(method="wanda")``).
+    """
+
+    name = "wanda"
+
+    def __init__(self):
+        self._norms: dict[int, torch.Tensor] = {}
+
+    def prepare(self, model, targets, data, loss_fn):
+        if data is None:
+            raise ValueError("criterion='wanda' needs data=<calibration batches> to measure input norms")
+        bad = [t.fqn for t in targets if not isinstance(t.module, nn.Linear) or t.name != "weight"]
+        if bad:
+            raise ValueError(f"criterion='wanda' scores Linear weights only; exclude {bad[:5]}")
+        sums = {id(t.module): torch.zeros(t.module.in_features) for t in targets}
+
+        def hook(module, args, output):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
+            sums[id(module)] += x.square().sum(0)
+
+        handles = [t.module.register_forward_hook(hook) for t in targets]
+        was_training = {m: m.training for m in model.modules()}
+        model.eval()
+        n = 0
+        try:
+            with torch.no_grad():
+                for batch in data:
+                    forward_batch(model, batch)
+                    n += 1
+        finally:
+            for h in handles:
+                h.remove()
+            for m, flag in was_training.items():
+                m.training = flag
+        if n == 0:
+            raise ValueError("data is empty: criterion='wanda' needs at least one calibration batch")
+        self._norms = {id(t.param): sums[id(t.module)].sqrt() for t in targets}
+
+    def context(self, target):
+        ctx = super().context(target)
+        ctx.extra["input_norm"] = self._norms.get(id(target.param))
+        return ctx
+
+    def score(self, weight, context):
+        norm = context.extra.get("input_norm")
+        if norm is None:
+            raise ValueError(f"criterion='wanda' has no input statistics for '{context.fqn}'")
+        return weight.abs() * norm.to(weight.device, weight.dtype)[None, :]
+
+
 class FunctionCriterion(Criterion):
     """Wraps a plain function ``(weight, context) -> scores``."""
 
@@ -202,6 +257,7 @@ CRITERIA: dict[str, Callable[[], Criterion]] = {
     "l2": L2,
     "random": Random,
     "taylor": Taylor,
+    "wanda": Wanda,
 }
 
 CriterionLike = Union[str, Criterion, Callable[[torch.Tensor, ScoreContext], torch.Tensor]]

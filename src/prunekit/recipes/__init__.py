@@ -2,6 +2,7 @@
 
 * :func:`iterative_pruning` — prune on a geometric schedule, fine-tune between rounds.
 * :func:`lottery_ticket` — iterative magnitude pruning with rewinding (Frankle & Carbin).
+* :func:`oneshot` — SparseGPT / Wanda / magnitude from calibration data, block by block.
 * :class:`Recipe` — a YAML file describing schedule, criterion, pattern and targets.
 * :func:`sgd_cosine` — the default fine-tuning loop (SGD + cosine learning rate) as a ``train_fn``.
 """
@@ -9,7 +10,8 @@
 from prunekit.recipes.history import History
 from prunekit.recipes.iterative import iterative_pruning
 from prunekit.recipes.lottery import LotteryResult, lottery_ticket
+from prunekit.recipes.oneshot import oneshot
 from prunekit.recipes.recipe import Recipe
 from prunekit.recipes.training import sgd_cosine
 
-__all__ = ["iterative_pruning", "lottery_ticket", "LotteryResult", "Recipe", "History", "sgd_cosine"]
+__all__ = ["iterative_pruning", "lottery_ticket", "oneshot", "LotteryResult", "Recipe", "History", "sgd_cosine"]

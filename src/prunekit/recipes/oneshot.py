@@ -1,0 +1,332 @@
+"""One-shot pruning of transformers from calibration data: SparseGPT, Wanda, magnitude.
+
+Sequential, block by block (as both papers do): the inputs of the first repeated block are captured
+from the calibration batches; each block then runs on them with hooks that gather its Linear layers'
+input statistics, its layers are pruned, and the block runs again with the pruned weights to produce
+the next block's inputs, so errors do not compound and only one block's statistics are held at a
+time. The repeated blocks are found generically: the largest ``nn.ModuleList`` of two or more
+same-type children that contain Linear layers (``encoder.layer`` of BERT, ``model.layers`` of LLaMA,
+``transformer.h`` of GPT-2). Without one, statistics come from one pass of the whole model.
+
+* Wanda (Sun et al. 2023): score ``|W| * ||X||_2`` per input feature, pruned within each output row;
+  weights are not updated.
+* SparseGPT (Frantar & Alistarh 2023): with ``H = 2 X^T X / n + damp * I`` (``damp`` relative to the
+  mean diagonal), columns are pruned left to right in lazy blocks; each column's error is spread over
+  the columns not yet processed through the inverse Hessian's Cholesky factor, and the mask is chosen
+  per block by ``w^2 / [H^-1]_jj^2`` (per run of M columns for N:M).
+
+Counts are exact: a layer of N weights loses ``round(s * N)`` (rows or column blocks share the
+rounding), and every run of M keeps N for ``"N:M"``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from prunekit._checks import fraction
+from prunekit._data import forward_batch
+from prunekit.masks import attach, find_mask
+from prunekit.patterns import NM, Unstructured, get_pattern
+from prunekit.pruning import prune
+from prunekit.report import SparsityReport, sparsity_report
+from prunekit.targets import Selector, Target, find_targets
+
+__all__ = ["oneshot", "find_blocks", "wanda_mask", "sparsegpt_prune"]
+
+METHODS = ("sparsegpt", "wanda", "magnitude")
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The model's repeated blocks: the largest ModuleList of >= 2 same-type children with Linears."""
+    best = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1 or not any(isinstance(m, nn.Linear) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, name, module)
+    return None if best is None else (best[1], best[2])
+
+
+def _shares(total: int, parts: list[int], s: float) -> list[int]:
+    """Split ``round(s * total)`` over consecutive parts so that every prefix is rounded exactly."""
+    out, start = [], 0
+    for n in parts:
+        out.append(round(s * (start + n)) - round(s * start))
+        start += n
+    return out
+
+
+def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float, pattern, old: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask from Wanda scores ``|W| * norms`` (norms: L2 norm of each input feature)."""
+    score = weight.detach().float().abs() * norms.float()[None, :]
+    if old is not None:
+        score = score.masked_fill(~old, -torch.inf)
+    if isinstance(pattern, NM):
+        keep = pattern.mask(score, 1)
+        return keep if old is None else keep & old
+    rows, cols = score.shape
+    k = torch.tensor(_shares(rows * cols, [cols] * rows, sparsity))
+    order = torch.sort(score, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(cols).expand(rows, cols))
+    return rank >= k[:, None]
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern, blocksize: int = 128, percdamp: float = 0.01,
+    old: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one Linear weight ``(out, in)`` with ``hessian = 2 X^T X / n``.
+
+    Returns:
+        ``(new_weight, keep_mask)``: the updated weight (zeros at pruned entries) and the mask.
+    """
+    W = weight.detach().float().clone()
+    rows, cols = W.shape
+    H = hessian.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    if isinstance(pattern, NM):
+        blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
+    starts = list(range(0, cols, blocksize))
+    widths = [min(blocksize, cols - b) for b in starts]
+    quota = _shares(rows * cols, [rows * w for w in widths], sparsity)
+    for b0, width, k in zip(starts, widths, quota):
+        b1 = b0 + width
+        W1 = W[:, b0:b1].clone()
+        Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        Hi = Hinv[b0:b1, b0:b1]
+        d = torch.diag(Hi)
+        M1 = torch.zeros_like(W1, dtype=torch.bool)
+        forced = None if old is None else ~old[:, b0:b1]
+        if not isinstance(pattern, NM):
+            score = W1.square() / d.square()[None, :]
+            if forced is not None:
+                score = score.masked_fill(forced, -torch.inf)
+            idx = torch.sort(score.flatten(), stable=True).indices[:k]
+            M1.view(-1)[idx] = True
+        for j in range(width):
+            if isinstance(pattern, NM) and j % pattern.m == 0:
+                score = W1[:, j:j + pattern.m].square() / d[j:j + pattern.m].square()[None, :]
+                if forced is not None:
+                    score = score.masked_fill(forced[:, j:j + pattern.m], -torch.inf)
+                M1[:, j:j + pattern.m] = ~pattern.mask(score, 1)
+            w = W1[:, j]
+            q = w.masked_fill(M1[:, j], 0.0)
+            Q1[:, j] = q
+            err = (w - q) / Hi[j, j]
+            W1[:, j:] -= err[:, None] * Hi[j, j:][None, :]
+            E1[:, j] = err
+        W[:, b0:b1] = Q1
+        pruned[:, b0:b1] = M1
+        W[:, b1:] -= E1 @ Hinv[b0:b1, b1:]
+    keep = ~pruned
+    if old is not None:
+        keep &= old
+    return W.masked_fill(~keep, 0.0).to(weight.dtype), keep
+
+
+class _Stats:
+    """Input statistics of one Linear: sum of squares per feature (Wanda) or X^T X (SparseGPT)."""
+
+    def __init__(self, module: nn.Linear, full: bool):
+        self.n = 0
+        self.full = full
+        cols = module.in_features
+        self.acc = torch.zeros(cols, cols) if full else torch.zeros(cols)
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
+        self.n += x.shape[0]
+        if self.full:
+            self.acc += x.T @ x
+        else:
+            self.acc += x.square().sum(0)
+
+    def hessian(self) -> torch.Tensor:
+        return 2.0 * self.acc / max(self.n, 1)
+
+    def norms(self) -> torch.Tensor:
+        return self.acc.sqrt()
+
+
+def _prune_layers(targets: list[Target], stats: dict[int, _Stats], method: str, s: float, pattern, blocksize, percdamp):
+    for t in targets:
+        st = stats[id(t)]
+        pm = find_mask(t.module, t.name)
+        old = None if pm is None else pm.mask.cpu()
+        if method == "wanda":
+            keep = wanda_mask(t.param.detach().cpu(), st.norms(), s, pattern, old)
+        else:
+            new, keep = sparsegpt_prune(t.param.detach().cpu(), st.hessian(), s, pattern, blocksize, percdamp, old)
+            with torch.no_grad():
+                t.param.copy_(new.to(t.param.device))
+        attach(t, keep.to(t.param.device), str(pattern))
+
+
+def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def oneshot(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    method: str = "sparsegpt",
+    sparsity: float | None = 0.5,
+    pattern: str = "unstructured",
+    include: Selector = None,
+    exclude: Selector = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> SparsityReport:
+    """Prune a pretrained model in one shot from calibration inputs (no retraining).
+
+    Changes: attaches prunekit masks to the Linear layers inside the model's repeated blocks (all
+    Linear layers when it has none); SparseGPT also updates the kept weights. Finalize, save and
+    benchmark as usual. A rejected call changes nothing.
+
+    Args:
+        model: e.g. a Hugging Face ``BertModel`` or ``LlamaForCausalLM``.
+        calibration: model inputs: tensors (``model(x)``) or dicts of tensors (``model(**batch)``),
+            e.g. a few hundred tokenized sentences in batches.
+        method: ``"sparsegpt"``, ``"wanda"`` or ``"magnitude"`` (per-layer, no data needed).
+        sparsity: fraction of each layer's weights to prune, in [0, 1); optional for ``"N:M"``.
+        pattern: ``"unstructured"`` or ``"N:M"`` (``"2:4"``, ``"4:8"``) along the input dimension.
+        include, exclude: narrow the layers (as for ``prunekit.prune``).
+        blocksize: SparseGPT's lazy-update block width.
+        percdamp: SparseGPT's damping, relative to the mean of the Hessian's diagonal.
+
+    Returns:
+        :class:`prunekit.SparsityReport` of the model afterwards.
+
+    Example:
+        >>> batches = [tokenizer(texts[i:i + 16], padding=True, return_tensors="pt") for i in range(0, 128, 16)]
+        >>> prunekit.recipes.oneshot(model, batches, method="sparsegpt", sparsity=0.5)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
+    pat = get_pattern(pattern)
+    if not isinstance(pat, (Unstructured, NM)):
+        raise ValueError(f"pattern={pattern!r}: one-shot methods support 'unstructured' and 'N:M' (e.g. '2:4')")
+    if sparsity is None:
+        if pat.fixed_sparsity is None:
+            raise ValueError("sparsity is required for pattern='unstructured', e.g. sparsity=0.5")
+        sparsity = pat.fixed_sparsity
+    sparsity = fraction(sparsity, "sparsity")
+    if pat.fixed_sparsity is not None and abs(sparsity - pat.fixed_sparsity) > 1e-9:
+        raise ValueError(f"pattern='{pat}' always gives sparsity {pat.fixed_sparsity}; got sparsity={sparsity}")
+    if blocksize < 1 or not 0 <= percdamp < 1:
+        raise ValueError(f"blocksize={blocksize} must be >= 1 and percdamp={percdamp} in [0, 1)")
+    blocks = find_blocks(model)
+    targets = [t for t in find_targets(model, include if include is not None else nn.Linear, exclude)
+               if isinstance(t.module, nn.Linear)]
+    if blocks is not None:
+        inside = {id(m) for m in blocks[1].modules()}
+        targets = [t for t in targets if id(t.module) in inside]
+    if not targets:
+        raise ValueError("no Linear layers to prune: check include/exclude")
+    for t in targets:
+        pat.check(t.param.shape, t.fqn, t.out_dim, t.in_dim)
+    if method == "magnitude":
+        fqns = [t.fqn for t in targets]
+        return prune(model, sparsity if pat.fixed_sparsity is None else None, pattern=pat, scope="layer",
+                     include=lambda m, f, names=set(fqns): f"{f}.weight" in names)
+    batches = list(calibration)
+    if not batches:
+        raise ValueError("calibration is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
+
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    started = time.perf_counter()
+    try:
+        with torch.no_grad():
+            if blocks is None:
+                warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from one "
+                              "pass of the whole model, all layers pruned together", stacklevel=2)
+                _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp)
+            else:
+                _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    report = sparsity_report(model)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _run(model, batch, i):
+    try:
+        forward_batch(model, batch)
+    except _Stop:
+        raise
+    except Exception as e:
+        raise ValueError(f"calibration batch {i} does not run the model: {type(e).__name__}: {e}") from e
+
+
+def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp):
+    stats = {id(t): _Stats(t.module, method == "sparsegpt") for t in targets}
+    try:
+        for i, batch in enumerate(batches):
+            _run(model, batch, i)
+    finally:
+        for st in stats.values():
+            st.handle.remove()
+    _prune_layers(targets, stats, method, s, pat, blocksize, percdamp)
+
+
+def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, blocksize, percdamp):
+    captured: list[tuple[tuple, dict]] = []
+
+    def catch(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for i, batch in enumerate(batches):
+            try:
+                _run(model, batch, i)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if len(captured) != len(batches):
+        raise ValueError("the calibration batches did not reach the model's repeated blocks")
+    for block in blocks:
+        inside = {id(m) for m in block.modules()}
+        mine = [t for t in targets if id(t.module) in inside]
+        stats = {id(t): _Stats(t.module, method == "sparsegpt") for t in mine}
+        try:
+            for args, kwargs in captured:
+                block(*args, **kwargs)
+        finally:
+            for st in stats.values():
+                st.handle.remove()
+        _prune_layers(mine, stats, method, s, pat, blocksize, percdamp)
+        del stats
+        nxt = []
+        for args, kwargs in captured:
+            out = block(*args, **kwargs)
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            nxt.append(_replace_hidden(args, kwargs, hidden))
+        captured = nxt

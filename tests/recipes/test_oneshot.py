@@ -1,0 +1,138 @@
+"""oneshot (SparseGPT, Wanda, magnitude) on small random transformers built from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.patterns import NM
+from prunekit.recipes import oneshot
+from prunekit.recipes.oneshot import find_blocks, sparsegpt_prune, wanda_mask
+from tests.helpers import assert_unchanged, snapshot
+
+transformers = pytest.importorskip("transformers")
+
+
+def llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
+def calibration(n=4, vocab=96):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, vocab, (4, 16), generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+@pytest.mark.parametrize("pattern, sparsity", [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None), ("4:8", None)])
+def test_exact_counts_valid_n_m_and_only_block_layers(method, pattern, sparsity):
+    model = llama()
+    head = model.lm_head.weight.detach().clone()
+    report = oneshot(model, calibration(), method=method, sparsity=sparsity, pattern=pattern)
+    pruned = [r for r in report.rows if r.pattern != "-"]
+    assert len(pruned) == 14 and all(r.name.startswith("model.layers.") for r in pruned)
+    assert torch.equal(model.lm_head.weight, head)
+    s = 0.5 if sparsity is None else sparsity
+    for r in pruned:
+        assert r.numel - r.nonzeros == round(s * r.numel), r.name
+    if pattern != "unstructured":
+        n, m = map(int, pattern.split(":"))
+        w = model.model.layers[1].mlp.down_proj.weight
+        assert bool(((w != 0).reshape(w.shape[0], -1, m).sum(-1) == n).all())
+    out = model(calibration(1)[0]).logits
+    assert torch.isfinite(out).all()
+    nz = pk.sparsity_report(model).nonzeros
+    pk.finalize(model)
+    assert pk.sparsity_report(model).nonzeros == nz
+
+
+def test_bert_encoder_layers_are_found_and_pruned():
+    model = bert()
+    assert find_blocks(model)[0] == "encoder.layer"
+    batches = [{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in calibration()]
+    report = oneshot(model, batches, method="sparsegpt", sparsity=0.5)
+    assert {r.name.split(".")[0] for r in report.rows if r.pattern != "-"} == {"encoder"}
+    assert "pooler.dense.weight" in [r.name for r in report.rows if r.pattern == "-"]
+
+
+def _layer_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-1, 1, 64)[torch.randperm(64, generator=g)]  # features of very different size
+    mix = torch.randn(64, 64, generator=g) * 0.3 + torch.eye(64)
+    x = (torch.randn(512, 64, generator=g) @ mix) * scale
+    w = torch.randn(32, 64, generator=g)
+    return w, x
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_and_wanda_reconstruct_better_than_magnitude(pattern):
+    w, x = _layer_problem()
+    pat = pk.patterns.get_pattern(pattern)
+    hessian = 2 * x.T @ x / len(x)
+    new, keep = sparsegpt_prune(w, hessian, 0.5, pat, blocksize=32)  # two lazy blocks
+    assert int((~keep).sum()) == w.numel() // 2 and bool((new[~keep] == 0).all())
+    wanda_keep = wanda_mask(w, x.square().sum(0).sqrt(), 0.5, pat)
+    mag = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        mag.weight.copy_(w)
+    pk.prune(mag, 0.5 if pattern == "unstructured" else None, pattern=pattern, scope="layer")
+    ref = x @ w.T
+    err_gpt = (x @ new.T - ref).norm()
+    err_wanda = (x @ (w * wanda_keep).T - ref).norm()
+    err_mag = (x @ mag.weight.detach().T - ref).norm()
+    assert err_gpt < err_wanda < err_mag
+    if isinstance(pat, NM):
+        assert bool((keep.reshape(32, 16, 4).sum(-1) == 2).all())
+
+
+def test_wanda_criterion_in_prune_matches_its_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    data = [torch.randn(10, 16) * torch.linspace(0.1, 3, 16) for _ in range(3)]
+    norms = torch.stack([d.square().sum(0) for d in data]).sum(0).sqrt()
+    expected = model[0].weight.detach().abs() * norms
+    pk.prune(model, 0.5, criterion="wanda", data=data, include="0")
+    keep = model[0].weight != 0
+    assert expected[keep].min() >= expected[~keep].max()
+    with pytest.raises(ValueError, match="needs data"):
+        pk.prune(nn.Linear(4, 4), 0.5, criterion="wanda")
+
+
+def test_model_without_blocks_falls_back_to_whole_model_with_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    with pytest.warns(UserWarning, match="no repeated blocks"):
+        report = oneshot(model, [torch.randn(8, 16) for _ in range(3)], method="sparsegpt", sparsity=0.5)
+    assert report.sparsity == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"calibration": []}, ValueError, "calibration is empty"),
+        ({"calibration": [torch.randn(2, 16)]}, ValueError, "calibration batch 0 does not run the model"),
+        ({"sparsity": 1.0}, ValueError, "sparsity=1.0 is outside"),
+        ({"method": "obs"}, ValueError, "method='obs' is unknown"),
+        ({"pattern": "block:1x4"}, ValueError, "'unstructured' and 'N:M'"),
+        ({"pattern": "2:3", "sparsity": None}, ValueError, "divisible by 3"),
+        ({"pattern": "2:4", "sparsity": 0.3}, ValueError, "always gives sparsity 0.5"),
+    ],
+)
+def test_bad_input_changes_nothing(kwargs, error, words):
+    model = llama()
+    before = snapshot(model)
+    args = {"calibration": calibration(), "method": "sparsegpt", "sparsity": 0.5, **kwargs}
+    with pytest.raises(error, match=words):
+        oneshot(model, **args)
+    assert_unchanged(model, before)

@@ -24,6 +24,7 @@ bench: $(STAMP)
 	test -d $(FASHION) || ( $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq dataset-fashion-mnist )
 	$(BIN)/python bench/prune_global.py
 	$(BIN)/python bench/fashion_mnist.py
+	$(BIN)/python bench/oneshot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/prune_global.py
 	$(BIN)/python bench/fashion_mnist.py
 	$(BIN)/python bench/oneshot.py
+	$(BIN)/python bench/sizes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

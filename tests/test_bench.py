@@ -40,3 +40,26 @@ def test_threads_are_set_and_restored():
         compare({"a": lambda t: t}, torch.ones(2), threads=0)
     with pytest.raises(ValueError, match="variants is empty"):
         compare({}, torch.ones(2))
+
+
+def test_benchmark_reports_deepsparse_percentiles_per_batch_size(tmp_path):
+    import json
+
+    from prunekit import benchmark
+
+    model = torch.nn.Linear(16, 4).eval()
+    result = benchmark(model, torch.randn(1, 16), batch_sizes=(1, 4), threads=1, min_iters=30, min_time_s=0.05,
+                       warmup_s=0.0)
+    assert [r["batch"] for r in result.rows] == [1, 4]
+    for r in result.rows:
+        assert r["iterations"] >= 30
+        keys = ["p25_ms", "p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms"]
+        values = [r[k] for k in keys]
+        assert values == sorted(values) and r["median_ms"] == pytest.approx(r["p50_ms"])
+        assert r["items_per_s"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
+    data = json.loads(result.to_json(tmp_path / "b.json"))
+    assert data["threads"] == 1 and (tmp_path / "b.json").exists()
+    with pytest.raises(ValueError, match="batch_sizes"):
+        benchmark(model, torch.randn(1, 16), batch_sizes=(0,))
+    with pytest.raises(ValueError, match="not an existing .onnx file"):
+        benchmark(str(tmp_path / "missing.onnx"), torch.randn(1, 16))

@@ -7,7 +7,7 @@ Example:
 """
 
 from prunekit import criteria, deploy, patterns, recipes, schedules
-from prunekit.bench import Comparison, compare
+from prunekit.bench import BenchmarkResult, Comparison, benchmark, compare
 from prunekit.criteria import Criterion, ScoreContext
 from prunekit.deploy.storage import SaveInfo, load, save
 from prunekit.masks import PruningMask, apply_masks, finalize, from_torch_prune, masks
@@ -27,6 +27,8 @@ __all__ = [
     "from_torch_prune",
     "save",
     "load",
+    "benchmark",
+    "BenchmarkResult",
     "compare",
     "Comparison",
     "Criterion",

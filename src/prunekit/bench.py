@@ -8,6 +8,8 @@ variant's, because a faster wrong answer is a bug, not a result.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -16,7 +18,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["compare", "Comparison", "VariantTiming"]
+__all__ = ["benchmark", "BenchmarkResult", "compare", "Comparison", "VariantTiming", "as_callable"]
+
+PERCENTILES = (25, 50, 75, 90, 95, 99, 99.9)
 
 
 @dataclass
@@ -98,6 +102,40 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
+class _OnnxRunner:
+    """Runs an ONNX file with ONNX Runtime on torch inputs (positional in graph order, or a dict)."""
+
+    def __init__(self, path: str, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("benchmarking an ONNX file needs onnxruntime: pip install 'prunekit[onnx]'") from None
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *args, **kwargs):
+        feeds = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        for name, value in zip(self.names, args):
+            feeds[name] = value.numpy() if isinstance(value, torch.Tensor) else value
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+def as_callable(target: Any, threads: int | None = None) -> Callable:
+    """An ``nn.Module``, any callable, or a path to an ``.onnx`` file, as a callable."""
+    if isinstance(target, (str, os.PathLike)):
+        path = os.fspath(target)
+        if not path.endswith(".onnx") or not os.path.exists(path):
+            raise ValueError(f"{path!r} is not an existing .onnx file; pass a model, a callable or an ONNX path")
+        return _OnnxRunner(path, threads)
+    if not callable(target):
+        raise TypeError(f"expected an nn.Module, a callable or an .onnx path, got {type(target).__name__}")
+    return target
+
+
 def _call(fn: Callable, inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return fn(**inputs)
@@ -129,7 +167,8 @@ def compare(
     Models are called under ``torch.inference_mode()``; put them in eval mode first.
 
     Args:
-        variants: ``{"dense": model, "pruned": other_model, ...}``; the first is the baseline.
+        variants: ``{"dense": model, "pruned": other_model, "onnx": "model.onnx", ...}``: modules,
+            callables or ONNX files (run with ONNX Runtime); the first is the baseline.
         example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
         rounds: timed rounds per variant (the median is over these).
         warmup: untimed calls before each timed block.
@@ -146,6 +185,7 @@ def compare(
         raise ValueError("variants is empty; pass {'name': model_or_callable, ...}")
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds={rounds} must be >= 1 and warmup={warmup} >= 0")
+    variants = {n: as_callable(v, threads) for n, v in variants.items()}
     names = list(variants)
     with _threads(threads) as n_threads, torch.inference_mode():
         outputs = {n: _first_tensor(_call(variants[n], example_inputs)) for n in names}
@@ -181,3 +221,106 @@ def compare(
             row.max_abs_err = row.rel_err = float("nan")  # outputs not comparable
         rows.append(row)
     return Comparison(rows, n_threads, rounds)
+
+
+def _batched(inputs: Any, batch: int) -> Any:
+    """Repeat batch-1 example inputs along dim 0 to make a batch of ``batch``."""
+    if batch == 1:
+        return inputs
+    if isinstance(inputs, torch.Tensor):
+        return torch.cat([inputs] * batch)
+    if isinstance(inputs, dict):
+        return {k: _batched(v, batch) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_batched(v, batch) for v in inputs)
+    return inputs
+
+
+@dataclass
+class BenchmarkResult:
+    """Per batch size: items/s and latency statistics in milliseconds (mean, median, std and the
+    percentiles 25/50/75/90/95/99/99.9, DeepSparse's set). ``str()`` is a table; ``to_json()``."""
+
+    rows: list[dict]
+    threads: int
+
+    def to_dict(self) -> dict:
+        return {"threads": self.threads, "batches": self.rows}
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __str__(self) -> str:
+        head = f"{'batch':>5} {'items/s':>10} {'mean ms':>9} {'median':>8} {'std':>7} {'p90':>8} {'p99':>8} {'p99.9':>8} {'iters':>6}"
+        lines = [head]
+        for r in self.rows:
+            lines.append(
+                f"{r['batch']:>5} {r['items_per_s']:>10.1f} {r['mean_ms']:>9.3f} {r['median_ms']:>8.3f} {r['std_ms']:>7.3f} "
+                f"{r['p90_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['p99.9_ms']:>8.3f} {r['iterations']:>6}"
+            )
+        return "\n".join(lines)
+
+
+def benchmark(
+    model: Any,
+    example_inputs: Any,
+    batch_sizes: tuple[int, ...] = (1,),
+    threads: int | None = None,
+    warmup_iters: int = 5,
+    warmup_s: float = 0.2,
+    min_iters: int = 20,
+    min_time_s: float = 1.0,
+    max_iters: int = 100_000,
+) -> BenchmarkResult:
+    """Latency and throughput of one model on this machine.
+
+    For each batch size (the batch-1 ``example_inputs`` repeated along dim 0): warm up for at least
+    ``warmup_iters`` calls and ``warmup_s`` seconds, then time single calls until both ``min_iters`` and
+    ``min_time_s`` are reached. Statistics are computed with numpy.
+
+    Args:
+        model: an ``nn.Module`` (called under ``inference_mode``; put it in eval mode), any callable,
+            or a path to an ``.onnx`` file (run with ONNX Runtime on the CPU).
+        example_inputs: batch-1 inputs: a tensor, a tuple of tensors, or a dict of tensors.
+        batch_sizes: batch sizes to measure.
+        threads: intra-op threads (``torch.set_num_threads`` / ONNX Runtime), restored afterwards.
+
+    Returns:
+        :class:`BenchmarkResult`.
+
+    Example:
+        >>> print(prunekit.benchmark(model.eval(), torch.randn(1, 3, 224, 224), batch_sizes=(1, 8), threads=2))
+    """
+    import numpy as np
+
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes={batch_sizes!r} must be positive ints, e.g. (1, 8)")
+    if min_iters < 1 or min_time_s < 0 or warmup_iters < 0:
+        raise ValueError("min_iters must be >= 1; min_time_s and warmup_iters >= 0")
+    fn = as_callable(model, threads)
+    rows = []
+    with _threads(threads) as n_threads, torch.inference_mode():
+        for batch in batch_sizes:
+            inputs = _batched(example_inputs, batch)
+            t_end = time.perf_counter() + warmup_s
+            done = 0
+            while done < warmup_iters or time.perf_counter() < t_end:
+                _call(fn, inputs)
+                done += 1
+            times = []
+            start = time.perf_counter()
+            while (len(times) < min_iters or time.perf_counter() - start < min_time_s) and len(times) < max_iters:
+                t0 = time.perf_counter()
+                _call(fn, inputs)
+                times.append(time.perf_counter() - t0)
+            ms = np.array(times) * 1e3
+            row = {"batch": batch, "iterations": len(times), "items_per_s": batch / (ms.mean() / 1e3),
+                   "mean_ms": float(ms.mean()), "median_ms": float(np.median(ms)), "std_ms": float(ms.std())}
+            for p, v in zip(PERCENTILES, np.percentile(ms, PERCENTILES)):
+                row[f"p{p:g}_ms"] = float(v)
+            rows.append(row)
+    return BenchmarkResult(rows, n_threads)

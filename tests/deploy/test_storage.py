@@ -129,3 +129,33 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     fresh = pk.load(path, Net())
     assert nonzeros(fresh) == nonzeros(model)
+
+
+@pytest.mark.parametrize("quantize, tol", [(None, 0.0), ("int8", 1e-2), ("int4", 0.2)])
+@pytest.mark.parametrize("compress", [None, "lzma"])
+def test_quantized_and_compressed_files_keep_zeros_and_approximate_values(tmp_path, quantize, tol, compress):
+    model = _big()
+    pk.prune(model, 0.9, scope="layer")
+    plain = pk.save(model, tmp_path / "plain.safetensors")
+    info = pk.save(model, tmp_path / "q.pk", quantize=quantize, compress=compress)
+    assert info.file_bytes <= plain.file_bytes
+    fresh = pk.load(info.path, _big(1))
+    for name, mask in pk.masks(model).items():
+        assert torch.equal(pk.masks(fresh)[name], mask)
+        w_new = fresh.get_submodule(name.rsplit(".", 1)[0]).weight.detach()
+        w_old = model.get_submodule(name.rsplit(".", 1)[0]).weight.detach()
+        assert bool((w_new[~mask] == 0).all())  # zeros stay zero
+        rel = (w_new - w_old).abs().max() / w_old.abs().max()
+        assert rel <= tol + 1e-7
+    if quantize is None and compress == "lzma":
+        assert info.file_bytes < plain.file_bytes
+
+
+def test_bad_save_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match="quantize='fp8'"):
+        pk.save(Net(), tmp_path / "a", quantize="fp8")
+    with pytest.raises(ValueError, match="compress='zip'"):
+        pk.save(Net(), tmp_path / "a", compress="zip")
+    (tmp_path / "junk").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="not a prunekit file"):
+        pk.load(tmp_path / "junk", Net())

@@ -1,5 +1,8 @@
-"""Deployment: compressed files (more to come: sparse CPU runtime, ONNX export, int8)."""
+"""Deployment: compressed files, ONNX export (optionally int8), and the sparse CPU runtime."""
 
+from prunekit.deploy.onnx import ExportInfo, export_onnx
+from prunekit.deploy.runtime import RuntimeReport, SparseLinear, semi_structured, sparse_runtime
 from prunekit.deploy.storage import FORMAT, SaveInfo, load, save
 
-__all__ = ["save", "load", "SaveInfo", "FORMAT"]
+__all__ = ["save", "load", "SaveInfo", "FORMAT", "export_onnx", "ExportInfo", "sparse_runtime", "SparseLinear",
+           "RuntimeReport", "semi_structured"]

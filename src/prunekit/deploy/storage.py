@@ -14,19 +14,26 @@ floating tensors use it when that is smaller than dense (density below ~97%). At
 sparsity an fp32 weight takes 1/8 + 0.1 * 4 bytes per element instead of 4: 0.13x. Pruned values
 under a mask are not stored: after loading, the original under each mask is zero there.
 
+Two options shrink it further: ``quantize="int8"`` stores weight values (tensors of 2+ dims) as int8
+with one symmetric scale per output row (``"<name>/scale"``; zeros stay exactly zero), and
+``compress="lzma"`` wraps the whole safetensors file in xz (then it is no longer plain safetensors;
+``load`` unwraps it).
+
 Loading reads only tensors and JSON; nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from prunekit.masks import attach, effective, find_mask
@@ -93,10 +100,47 @@ def _clean_state(model: nn.Module):
     return tensors, info, aliases
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> SaveInfo:
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+_LEVELS = {"int8": 127, "int4": 7}
+
+
+def _quant_rows(value: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-row quantization to ``[-levels, levels]``: ``(q int8, scale)``."""
+    rows = value.reshape(value.shape[0], -1).float()
+    scale = rows.abs().amax(dim=1) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(rows / scale[:, None]).clamp_(-levels, levels).to(torch.int8)
+    return q.reshape(value.shape), scale
+
+
+def _pack4(q: torch.Tensor) -> torch.Tensor:
+    """Two int4 values (in [-7, 7]) per byte."""
+    u = (q.reshape(-1).numpy().astype(np.int16) + 8).astype(np.uint8)
+    if u.size % 2:
+        u = np.append(u, np.uint8(8))
+    return torch.from_numpy((u[0::2] << 4) | u[1::2])
+
+
+def _unpack4(packed: torch.Tensor, n: int) -> torch.Tensor:
+    p = packed.numpy()
+    u = np.empty(p.size * 2, dtype=np.int16)
+    u[0::2], u[1::2] = p >> 4, p & 15
+    return torch.from_numpy((u[:n] - 8).astype(np.int8))
+
+
+def save(model: nn.Module, path: str | os.PathLike, quantize: str | None = None, compress: str | None = None) -> SaveInfo:
     """Write ``model``'s weights and masks to a compressed sparse safetensors file.
 
     Changes nothing in the model. Load with :func:`load` into a fresh instance of the same class.
+
+    Args:
+        model: the model (masked or finalized).
+        path: the file to write.
+        quantize: None (exact), ``"int8"`` or ``"int4"`` (weights of 2+ dims quantized symmetrically
+            with one scale per output row, int4 packed two per byte; lossy, zeros stay zero).
+        compress: None (plain safetensors) or ``"lzma"`` (the file wrapped in xz).
 
     Returns:
         :class:`SaveInfo` with the file size and the dense size it replaces.
@@ -107,6 +151,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> SaveInfo:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if quantize not in (None, *_LEVELS):
+        raise ValueError(f"quantize={quantize!r} is unknown; use None, 'int8' or 'int4'")
+    if compress not in (None, "lzma"):
+        raise ValueError(f"compress={compress!r} is unknown; use None or 'lzma'")
     tensors, info, aliases = _clean_state(model)
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}
@@ -121,43 +169,78 @@ def save(model: nn.Module, path: str | os.PathLike) -> SaveInfo:
             nz = value != 0
             if (value.numel() + 7) // 8 + int(nz.sum()) * value.element_size() < nbytes:
                 mask = nz
+        if quantize is not None and value.is_floating_point() and value.dim() >= 2 and value.numel() > 0:
+            value, scale = _quant_rows(value, _LEVELS[quantize])
+            out[f"{name}/scale"] = scale
+            entry["quant"] = f"{quantize}-row"
         if mask is None:
             entry["encoding"] = "dense"
-            out[name] = value
+            stored = value.contiguous()
         else:
             mask = mask.detach().cpu().reshape(-1)
             entry["encoding"] = "bitmask"
             entry["masked"] = bool(info[name]["masked"])
             out[f"{name}/bitmask"] = torch.from_numpy(np.packbits(mask.numpy()))
-            out[f"{name}/values"] = value.reshape(-1)[mask].clone()
+            stored = value.reshape(-1)[mask].clone()
+        key = name if mask is None else f"{name}/values"
+        out[key] = _pack4(stored) if entry.get("quant") == "int4-row" else stored
         meta[name] = entry
     header = {"format": FORMAT, "tensors": meta, "aliases": aliases, "model_class": type(model).__name__}
     path = os.fspath(path)
-    save_file(out, path, metadata={"prunekit": json.dumps(header)})
+    blob = save_bytes(out, metadata={"prunekit": json.dumps(header)})
+    if compress == "lzma":
+        blob = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
+    with open(path, "wb") as f:
+        f.write(blob)
     return SaveInfo(path, os.path.getsize(path), dense_bytes)
 
 
 def _read(path: str):
-    with safe_open(path, framework="pt") as f:
+    with open(path, "rb") as f:
+        compressed = f.read(6) == _XZ_MAGIC
+    if compressed:
+        with tempfile.TemporaryDirectory(prefix="prunekit-") as tmp:
+            plain = os.path.join(tmp, "model.safetensors")
+            with open(path, "rb") as f, open(plain, "wb") as g:
+                g.write(lzma.decompress(f.read()))
+            return _read_plain(plain, path)
+    return _read_plain(path, path)
+
+
+def _read_plain(path: str, label: str):
+    try:
+        handle = safe_open(path, framework="pt")
+    except Exception as e:
+        raise ValueError(f"{label} is not a prunekit file (not safetensors: {e})") from None
+    with handle as f:
         raw = (f.metadata() or {}).get("prunekit")
         if raw is None:
-            raise ValueError(f"{path} is not a prunekit file (no 'prunekit' header); write it with prunekit.save")
+            raise ValueError(f"{label} is not a prunekit file (no 'prunekit' header); write it with prunekit.save")
         header = json.loads(raw)
         if header.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
+            raise ValueError(f"{label} has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
         decoded = {}
         for name, entry in header["tensors"].items():
             shape = torch.Size(entry["shape"])
+            mask = None
+            int4 = entry.get("quant") == "int4-row"
             if entry["encoding"] == "dense":
-                decoded[name] = (f.get_tensor(name), None)
-                continue
-            n = shape.numel()
-            bits = np.unpackbits(f.get_tensor(f"{name}/bitmask").numpy(), count=n).astype(bool)
-            mask = torch.from_numpy(bits)
-            values = f.get_tensor(f"{name}/values")
-            full = torch.zeros(n, dtype=values.dtype)
-            full[mask] = values
-            decoded[name] = (full.reshape(shape), mask.reshape(shape) if entry.get("masked") else None)
+                value = f.get_tensor(name)
+                value = _unpack4(value, shape.numel()).reshape(shape) if int4 else value
+            else:
+                n = shape.numel()
+                mask = torch.from_numpy(np.unpackbits(f.get_tensor(f"{name}/bitmask").numpy(), count=n).astype(bool))
+                values = f.get_tensor(f"{name}/values")
+                values = _unpack4(values, int(mask.sum())) if int4 else values
+                value = torch.zeros(n, dtype=values.dtype)
+                value[mask] = values
+                value = value.reshape(shape)
+                mask = mask.reshape(shape) if entry.get("masked") else None
+            if entry.get("quant") in ("int8-row", "int4-row"):
+                scale = f.get_tensor(f"{name}/scale")
+                rows = value.reshape(shape[0], -1).float() * scale[:, None]
+                value = rows.reshape(shape).to(getattr(torch, entry["dtype"]))
+            decoded[name] = (value, mask)
     return header, decoded
 
 

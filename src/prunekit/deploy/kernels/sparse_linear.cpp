@@ -1,0 +1,139 @@
+// Sparse x dense products for prunekit's CPU runtime (float32).
+//
+// y = x W^T + b with W in CSR (rows = output features). Activations are used transposed in token
+// tiles, xt: (ntiles, in, TILE), so that for each nonzero w[o, i] the kernel adds w * xt[tile, i, :]
+// into TILE accumulators held in vector registers: contiguous loads and FMAs instead of scattered
+// gathers. TILE is 8 or 16: measured on Zen 3 with GCC 12, 16 reached 34 GFLOP/s per core where 32
+// reached 10 and 64 spilled (6). Rows are split over threads in chunks of equal nonzero counts
+// (global pruning leaves rows and layers very uneven), with ATen's own thread pool, so the kernel
+// never fights PyTorch's threads.
+//
+// For a single token the transposed layout wastes the tile, so spmv_rows computes plain row-wise
+// dot products with four partial sums.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+// xt: token tiles, (ntiles, in, TILE) contiguous; y: (tokens, out) row-major.
+// Tile-outer order keeps one tile of activations (in * TILE floats) hot in L2 while the chunk's rows
+// stream their nonzeros; results are stored straight into y's layout (no transpose afterwards).
+template <int TILE>
+void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
+               const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
+               int64_t tokens, int64_t stride) {
+  // stride == TILE, passed at run time on purpose: with the compile-time constant GCC 12 generated
+  // code 8x slower for the inner loop (5 vs 43 GFLOP/s per core, measured on Zen 3).
+  const int64_t ntiles = (tokens + TILE - 1) / TILE;
+  // Results for this chunk's rows are staged (rows x TILE) and written out token by token, so the
+  // stores into y run along contiguous output features. Storing each row's TILE results straight
+  // into y hits TILE cache lines one row-stride apart, which map to very few L1 sets when the stride
+  // is a multiple of 2 KiB (out_features 1536: 4x slower, measured).
+  std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
+  for (int64_t tile = 0; tile < ntiles; ++tile) {
+    const float* xtile = xt + tile * in_features * TILE;
+    const int64_t t0 = tile * TILE;
+    const int64_t valid = tokens - t0 < TILE ? tokens - t0 : TILE;
+    for (int64_t o = o0; o < o1; ++o) {
+      const float b = bias ? bias[o] : 0.0f;
+      float acc[TILE];
+      for (int t = 0; t < TILE; ++t) acc[t] = b;
+      for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
+        const float w = val[k];
+        const float* row = xtile + static_cast<int64_t>(idx[k]) * stride;
+#pragma GCC unroll 32
+        for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
+      }
+      float* st = stage.data() + (o - o0) * TILE;
+      for (int t = 0; t < TILE; ++t) st[t] = acc[t];
+    }
+    for (int64_t t = 0; t < valid; ++t) {
+      float* out = y + (t0 + t) * out_features;
+      for (int64_t o = o0; o < o1; ++o) out[o] = stage[(o - o0) * TILE + t];
+    }
+  }
+}
+
+// Small problems run on the calling thread: waking the pool costs more than it saves.
+constexpr int64_t kSerialWork = 1 << 21;
+
+}  // namespace
+
+// chunks: row boundaries (size nchunks + 1) with about equal nonzeros per chunk.
+torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor indices, torch::Tensor values,
+                         torch::Tensor xt, c10::optional<torch::Tensor> bias, int64_t tokens) {
+  TORCH_CHECK(xt.dim() == 3 && xt.is_contiguous() && xt.scalar_type() == torch::kFloat,
+              "xt must be contiguous float32 (ntiles, in, tile)");
+  TORCH_CHECK(xt.size(2) == 8 || xt.size(2) == 16, "tile must be 8 or 16");
+  const int64_t out_features = indptr.size(0) - 1;
+  const int64_t in_features = xt.size(1);
+  const int64_t tile = xt.size(2);
+  auto y = torch::empty({tokens, out_features}, xt.options());
+  const int64_t* ch = chunks.data_ptr<int64_t>();
+  const int64_t* ip = indptr.data_ptr<int64_t>();
+  const int32_t* ix = indices.data_ptr<int32_t>();
+  const float* v = values.data_ptr<float>();
+  const float* x = xt.data_ptr<float>();
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t nchunks = chunks.size(0) - 1;
+  auto work = [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      switch (tile) {
+        case 8: tile_rows<8>(ch[c], ch[c + 1], ip, ix, v, x, b, yp, in_features, out_features, tokens, tile); break;
+        default: tile_rows<16>(ch[c], ch[c + 1], ip, ix, v, x, b, yp, in_features, out_features, tokens, tile); break;
+      }
+    }
+  };
+  if (values.numel() * tokens < kSerialWork) {
+    work(0, nchunks);
+  } else {
+    at::parallel_for(0, nchunks, 1, work);
+  }
+  return y;
+}
+
+// One token: y[o] = b[o] + sum_k val[k] * x[idx[k]].
+torch::Tensor spmv_rows(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor indices, torch::Tensor values,
+                        torch::Tensor x, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 1 && x.is_contiguous() && x.scalar_type() == torch::kFloat, "x must be contiguous float32 (in,)");
+  const int64_t out_features = indptr.size(0) - 1;
+  auto y = torch::empty({out_features}, x.options());
+  const int64_t* ch = chunks.data_ptr<int64_t>();
+  const int64_t* ip = indptr.data_ptr<int64_t>();
+  const int32_t* ix = indices.data_ptr<int32_t>();
+  const float* v = values.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  auto work = [&](int64_t c0, int64_t c1) {
+    for (int64_t o = ch[c0]; o < ch[c1]; ++o) {
+      float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int64_t k = ip[o];
+      const int64_t k1 = ip[o + 1];
+      for (; k + 3 < k1; k += 4) {
+        s0 += v[k] * xp[ix[k]];
+        s1 += v[k + 1] * xp[ix[k + 1]];
+        s2 += v[k + 2] * xp[ix[k + 2]];
+        s3 += v[k + 3] * xp[ix[k + 3]];
+      }
+      for (; k < k1; ++k) s0 += v[k] * xp[ix[k]];
+      yp[o] = (s0 + s1) + (s2 + s3) + (b ? b[o] : 0.0f);
+    }
+  };
+  if (values.numel() < kSerialWork / 64) {
+    work(0, chunks.size(0) - 1);
+  } else {
+    at::parallel_for(0, chunks.size(0) - 1, 1, work);
+  }
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("spmm_tiles", &spmm_tiles, "CSR x dense over token tiles of transposed activations");
+  m.def("spmv_rows", &spmv_rows, "CSR x vector, one token");
+}

@@ -1,0 +1,257 @@
+"""Sparse CPU runtime: re-bind sparse Linear layers to CSR kernels where they measure faster.
+
+``sparse_runtime(model, example_inputs)`` finds Linear layers whose weights are mostly zeros, builds
+a :class:`SparseLinear` for each (CSR with int32 column indices, rows split over threads by nonzero
+count), times dense vs sparse for every layer at the shape it sees in the model's forward on
+``example_inputs``, and keeps whichever is faster (DeepSparse's "fraction of supported ops", made
+explicit: the returned model's ``runtime_report`` says which layers run sparse and why the others do
+not). The kernels (``kernels/sparse_linear.cpp``) are built on first use; where they cannot be built,
+the model stays dense with a warning.
+
+Inference only (no autograd), float32 on the CPU. For CUDA GPUs with compute capability >= 8.0,
+2:4-masked weights go through ``torch.sparse.to_sparse_semi_structured`` instead (see
+:func:`semi_structured`).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.bench import _call
+from prunekit.deploy.kernels import load
+from prunekit.masks import finalize, masks
+
+__all__ = ["SparseLinear", "sparse_runtime", "RuntimeReport", "semi_structured"]
+
+
+def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
+    """Row boundaries splitting the nonzeros into ``parts`` chunks of about equal size."""
+    targets = torch.linspace(0, float(indptr[-1]), parts + 1)
+    cuts = torch.searchsorted(indptr.to(torch.float64), targets.to(torch.float64)).clamp_(0, indptr.numel() - 1)
+    cuts[0], cuts[-1] = 0, indptr.numel() - 1
+    return torch.unique(cuts).to(torch.int64)
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer stored as CSR and run by prunekit's CPU kernels (inference only).
+
+    Args:
+        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
+        kernels: the compiled kernel module (``prunekit.deploy.kernels.load()``).
+        chunks_per_thread: work units per thread for load balance.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
+        super().__init__()
+        w = linear.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"SparseLinear needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        nz = w != 0
+        self.register_buffer("indptr", torch.cat([torch.zeros(1, dtype=torch.int64), nz.sum(1).cumsum(0)]))
+        self.register_buffer("indices", nz.nonzero()[:, 1].to(torch.int32).contiguous())
+        self.register_buffer("values", w[nz].contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+        self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
+        self._k = kernels
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("SparseLinear is inference-only; run under torch.no_grad() or use the dense model to train")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()
+        tokens = x2.shape[0]
+        if tokens == 1:
+            y = self._k.spmv_rows(self.chunks, self.indptr, self.indices, self.values, x2[0].contiguous(), self.bias)
+            return y.reshape(*lead, self.out_features)
+        tile = 8 if tokens <= 8 else 16  # 16 floats of accumulators: the fastest tile measured here
+        ntiles = -(-tokens // tile)
+        xt = x2.new_zeros((ntiles * tile, self.in_features)) if ntiles * tile > tokens else None
+        if xt is not None:
+            xt[:tokens] = x2
+        else:
+            xt = x2
+        xt = xt.reshape(ntiles, tile, self.in_features).transpose(1, 2).contiguous()
+        y = self._k.spmm_tiles(self.chunks, self.indptr, self.indices, self.values, xt, self.bias, tokens)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        total = self.in_features * self.out_features
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)"
+
+
+@dataclass
+class RuntimeReport:
+    """Per Linear layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` (median
+    per call), ``sparse`` (chosen) and ``reason``. ``fraction_sparse``: share of the Linear weights
+    that now run sparse."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def fraction_sparse(self) -> float:
+        total = sum(r["weights"] for r in self.rows)
+        return sum(r["weights"] for r in self.rows if r["sparse"]) / total if total else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<48} {'sparsity':>8} {'tokens':>6} {'dense us':>9} {'sparse us':>9}  choice"]
+        for r in self.rows:
+            d = "-" if r["dense_us"] is None else f"{r['dense_us']:.1f}"
+            s = "-" if r["sparse_us"] is None else f"{r['sparse_us']:.1f}"
+            lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9}  "
+                         f"{'sparse' if r['sparse'] else 'dense'} ({r['reason']})")
+        lines.append(f"{self.fraction_sparse:.1%} of Linear weights run sparse")
+        return "\n".join(lines)
+
+
+def _time(fn, x, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        reps = 5
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn(x)
+        samples.append((time.perf_counter() - t0) / reps)
+    return statistics.median(samples)
+
+
+def sparse_runtime(
+    model: nn.Module,
+    example_inputs: Any = None,
+    min_sparsity: float = 0.5,
+    rounds: int = 7,
+    threads: int | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return ``model`` with sparse Linear layers re-bound to CSR kernels where they measure faster.
+
+    Args:
+        model: a pruned model (live masks are baked into the copy it works on).
+        example_inputs: inputs for one forward pass (tensor, tuple or dict); each layer is timed at the
+            shape it sees there. Without them every candidate runs sparse, unmeasured.
+        min_sparsity: layers with fewer zeros stay dense without being timed.
+        rounds: timing rounds per layer (dense and sparse interleaved, median).
+        threads: ``torch.set_num_threads`` during the measurement (use what you will deploy with).
+        inplace: change ``model`` itself instead of a copy.
+
+    Returns:
+        the model (a copy unless ``inplace``) with ``runtime_report`` (:class:`RuntimeReport`).
+
+    Example:
+        >>> fast = prunekit.deploy.sparse_runtime(pruned, tokens, threads=2)
+        >>> print(fast.runtime_report)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not 0.0 <= min_sparsity < 1.0:
+        raise ValueError(f"min_sparsity={min_sparsity} must be in [0, 1)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    if masks(model):
+        finalize(model)
+    report = RuntimeReport()
+    model.runtime_report = report
+    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    candidates = []
+    for name, m in linears:
+        w = m.weight.detach()
+        sparsity = 1 - int(torch.count_nonzero(w)) / w.numel()
+        row = {"name": name, "sparsity": sparsity, "weights": w.numel(), "tokens": 0, "dense_us": None,
+               "sparse_us": None, "sparse": False, "reason": ""}
+        report.rows.append(row)
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            row["reason"] = f"{w.dtype} on {w.device}: the CPU kernels take float32"
+        elif sparsity < min_sparsity:
+            row["reason"] = f"below min_sparsity={min_sparsity}"
+        else:
+            candidates.append((name, m, row))
+    if not candidates:
+        warnings.warn(f"no Linear layer has >= {min_sparsity:.0%} zeros: the model is returned unchanged", stacklevel=2)
+        return model
+    kernels = load()
+    if kernels is None:
+        for _, _, row in candidates:
+            row["reason"] = "kernels could not be built here"
+        return model
+    shapes: dict[str, torch.Size] = {}
+    if example_inputs is not None:
+
+        def record(name):
+            def hook(module, args):  # returns None: a pre-hook's return value would replace the inputs
+                shapes.setdefault(name, args[0].shape)
+
+            return hook
+
+        hooks = [m.register_forward_pre_hook(record(name)) for name, m, _ in candidates]
+        try:
+            with torch.no_grad():
+                _call(model.eval(), example_inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for name, m, row in candidates:
+                sparse = SparseLinear(m, kernels)
+                if example_inputs is None:
+                    row.update(sparse=True, reason="not measured (no example_inputs)")
+                elif name not in shapes:
+                    row["reason"] = "not called by forward on example_inputs"
+                    continue
+                else:
+                    x = torch.randn(shapes[name])
+                    row["tokens"] = int(x.numel() // x.shape[-1])
+                    for fn in (m, sparse):  # warm-up
+                        fn(x)
+                    d, s = [], []
+                    for _ in range(rounds):
+                        d.append(_time(m, x, 1))
+                        s.append(_time(sparse, x, 1))
+                    dense_t, sparse_t = statistics.median(d), statistics.median(s)
+                    row.update(dense_us=dense_t * 1e6, sparse_us=sparse_t * 1e6)
+                    if sparse_t >= dense_t:
+                        row["reason"] = f"dense measured faster ({dense_t / sparse_t:.2f}x)"
+                        continue
+                    row.update(sparse=True, reason=f"{dense_t / sparse_t:.2f}x faster")
+                parent_name, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, attr, sparse)
+    finally:
+        torch.set_num_threads(old_threads)
+    return model
+
+
+def semi_structured(model: nn.Module) -> nn.Module:
+    """Convert 2:4-sparse Linear weights to ``torch.sparse.to_sparse_semi_structured`` (CUDA, sm >= 8.0).
+
+    Raises:
+        RuntimeError: no such GPU here (the message says what the path needs).
+    """
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        raise RuntimeError("the 2:4 semi-structured path needs a CUDA GPU with compute capability >= 8.0 "
+                           "(Ampere or newer); on the CPU use sparse_runtime()")
+    from torch.sparse import to_sparse_semi_structured
+
+    if masks(model):
+        finalize(model)
+    for m in model.modules():
+        if type(m) is nn.Linear and m.weight.is_cuda and m.weight.dtype in (torch.float16, torch.bfloat16):
+            w = m.weight.detach()
+            groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+            if bool((groups <= 2).all()):
+                m.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+    return model

@@ -1,0 +1,89 @@
+"""Sparse CPU runtime: outputs equal dense within fp32 rounding, measured choice, fallbacks, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import prunekit as pk
+from prunekit.deploy import SparseLinear, semi_structured, sparse_runtime
+from prunekit.deploy.kernels import load
+
+kernels = load()
+needs_kernels = pytest.mark.skipif(kernels is None, reason="C++ kernels could not be built here")
+
+
+def _sparse_linear(out_f, in_f, sparsity, seed=0, bias=True):
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    if sparsity > 0:
+        pk.prune(lin, sparsity)
+        pk.finalize(lin)
+    return lin
+
+
+@needs_kernels
+@settings(max_examples=30, deadline=None)
+@given(out_f=st.integers(1, 70), in_f=st.integers(1, 70), tokens=st.integers(1, 40), lead=st.booleans(),
+       sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99]), bias=st.booleans(), seed=st.integers(0, 50))
+def test_sparse_linear_matches_dense_for_random_shapes(out_f, in_f, tokens, lead, sparsity, bias, seed):
+    lin = _sparse_linear(out_f, in_f, sparsity, seed, bias)
+    sparse = SparseLinear(lin, kernels)
+    x = torch.randn((2, tokens, in_f) if lead else (tokens, in_f), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref, out = lin(x), sparse(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
+
+
+@needs_kernels
+def test_runtime_measures_each_layer_and_keeps_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
+    pk.prune(model, 0.9, exclude="4", scope="layer")
+    x = torch.randn(64, 256)
+    fast = sparse_runtime(model, x, threads=2, rounds=3)
+    report = fast.runtime_report
+    assert [r["name"] for r in report.rows] == ["0", "2", "4"]
+    assert report.rows[2]["reason"].startswith("below min_sparsity") and type(fast[4]) is nn.Linear
+    for r in report.rows[:2]:
+        assert r["tokens"] == 64 and r["dense_us"] > 0 and r["sparse_us"] > 0
+        assert r["sparse"] == (r["sparse_us"] < r["dense_us"])
+        assert (type(fast.get_submodule(r["name"])) is SparseLinear) == r["sparse"]
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), rtol=1e-5, atol=1e-5)
+    assert pk.masks(model)  # the original keeps its masks: the runtime worked on a copy
+    assert "run sparse" in str(report)
+
+
+@needs_kernels
+def test_sparse_layers_are_inference_only():
+    sparse = SparseLinear(_sparse_linear(8, 8, 0.5), kernels)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        sparse(torch.randn(2, 8, requires_grad=True))
+
+
+def test_model_without_sparse_layers_is_returned_unchanged_with_a_warning():
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.warns(UserWarning, match="no Linear layer has >= 50% zeros"):
+        out = sparse_runtime(model, torch.randn(1, 8))
+    assert type(out[0]) is nn.Linear and torch.equal(out[0].weight, model[0].weight)
+    with pytest.raises(ValueError, match="min_sparsity=1.5"):
+        sparse_runtime(model, min_sparsity=1.5)
+
+
+def test_unsupported_dtype_stays_dense_with_the_reason():
+    model = nn.Sequential(nn.Linear(8, 8)).double()
+    pk.prune(model, 0.9)
+    with pytest.warns(UserWarning):
+        out = sparse_runtime(model, torch.randn(1, 8, dtype=torch.float64))
+    assert "float32" in out.runtime_report.rows[0]["reason"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
+def test_semi_structured_path_says_what_it_needs():
+    with pytest.raises(RuntimeError, match="compute capability >= 8.0"):
+        semi_structured(nn.Linear(8, 8))

@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fashion_mnist.py
 	$(BIN)/python bench/oneshot.py
 	$(BIN)/python bench/sizes.py
+	$(BIN)/python bench/sparse_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

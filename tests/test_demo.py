@@ -20,7 +20,8 @@ def result(tmp_path_factory):
 
 
 def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
-    dense, pruned = result["rows"]
+    dense, pruned, runtime = result["rows"]
+    assert runtime["accuracy"] == pytest.approx(pruned["accuracy"], abs=0.002)  # same weights, other kernels
     assert result["weight_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert pruned["nonzeros"] < 0.12 * dense["nonzeros"]
     assert pruned["file_bytes"] < 0.15 * dense["file_bytes"]
@@ -57,3 +58,21 @@ def test_cli_demo_writes_json_and_rejects_bad_sparsity(tmp_path, capsys):
 
         save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
         main(["report", str(tmp_path / "plain.safetensors")])
+
+
+def test_cli_bench_times_an_onnx_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from prunekit.deploy import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 4)).eval()
+    path = export_onnx(model, torch.randn(1, 16), tmp_path / "m.onnx").path
+    out_json = tmp_path / "b.json"
+    assert main(["bench", path, "--input", "1x16", "--batch-sizes", "1,4", "--threads", "1", "--min-time", "0.05",
+                 "--json", str(out_json)]) == 0
+    assert "items/s" in capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    assert [r["batch"] for r in data["batches"]] == [1, 4]
+    with pytest.raises(SystemExit, match="must be an .onnx file"):
+        main(["bench", "model.pt", "--input", "1x16"])
+    with pytest.raises(SystemExit, match="not SHAPE"):
+        main(["bench", path, "--input", "axb"])

@@ -13,6 +13,7 @@ import copy
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 import prunekit as pk
 from prunekit.bench import compare
+from prunekit.deploy import sparse_runtime
 
 __all__ = ["DemoConfig", "SmallCNN", "load_digits", "run"]
 
@@ -137,7 +139,11 @@ def run(cfg: DemoConfig | None = None) -> dict:
     dense_path = os.path.join(out, "dense.safetensors")
     save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, dense_path)
     info = pk.save(pruned, os.path.join(out, "pruned.pk.safetensors"))
-    timing = compare({"dense": dense.eval(), "pruned": pruned.eval()}, xte[:1], rounds=cfg.rounds, threads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a machine that cannot build the kernels keeps dense layers
+        fast = sparse_runtime(pruned.eval(), xte[:1], threads=2)
+    timing = compare({"dense": dense.eval(), "pruned": pruned.eval(), "runtime": fast}, xte[:1], rounds=cfg.rounds,
+                     threads=2)
 
     dense_report = pk.sparsity_report(dense)
     rows = [
@@ -159,6 +165,15 @@ def run(cfg: DemoConfig | None = None) -> dict:
             "latency_ms": timing["pruned"].median * 1e3,
             "speedup": timing["pruned"].speedup,
         },
+        {
+            "model": "pruned + sparse runtime",
+            "params": report.model_params,
+            "nonzeros": report.model_nonzeros,
+            "file_bytes": info.file_bytes,
+            "accuracy": accuracy(fast, xte, yte),
+            "latency_ms": timing["runtime"].median * 1e3,
+            "speedup": timing["runtime"].speedup,
+        },
     ]
     print()
     print(f"{'model':<26} {'params':>8} {'nonzeros':>9} {'file':>10} {'test acc':>9} {'batch-1 latency':>22}")
@@ -174,10 +189,8 @@ def run(cfg: DemoConfig | None = None) -> dict:
         print(f"gradual pruning: {len(pruner.log)} mask updates over {pruner.step_count} steps "
               f"({pruner.log[0]['target']:.0%} -> {pruner.log[-1]['target']:.0%}, PolynomialDecay, prunekit.Pruner)")
     print(f"file: {info}")
-    print(
-        "latency: same dense kernels, so zeros alone do not make it faster; removing whole channels "
-        "(structured pruning) or a sparse runtime is what turns them into speed."
-    )
+    print(f"sparse runtime: {fast.runtime_report.fraction_sparse:.0%} of Linear weights run on CSR kernels "
+          f"(the rest measured faster dense); convolutions stay dense. Zeros alone in dense kernels cost the same.")
     print(f"files in {out}; total {time.perf_counter() - started:.0f} s")
     return {
         "rows": rows,
@@ -186,4 +199,5 @@ def run(cfg: DemoConfig | None = None) -> dict:
         "weight_sparsity": report.sparsity,
         "paths": {"dense": dense_path, "pruned": info.path},
         "timing": timing.to_dict(),
+        "runtime_report": fast.runtime_report.rows,
     }

@@ -1,8 +1,8 @@
 // Sparse x dense products for prunekit's CPU runtime (float32).
 //
 // y = x W^T + b with W in CSR (rows = output features). Activations are used transposed in token
-// tiles, xt: (ntiles, in, TILE), so that for each nonzero w[o, i] the kernel adds w * xt[tile, i, :]
-// into TILE accumulators held in vector registers: contiguous loads and FMAs instead of scattered
+// tiles, xb: (in, TILE), so that for each nonzero w[o, i] the kernel adds w * xb[i, :] into TILE
+// accumulators held in vector registers: contiguous loads and FMAs instead of scattered
 // gathers. TILE is 8 or 16: measured on Zen 3 with GCC 12, 16 reached 34 GFLOP/s per core where 32
 // reached 10 and 64 spilled (6). Rows are split over threads in chunks of equal nonzero counts
 // (global pruning leaves rows and layers very uneven), with ATen's own thread pool, so the kernel
@@ -24,28 +24,38 @@ namespace {
 // stream their nonzeros; results are stored straight into y's layout (no transpose afterwards).
 template <int TILE>
 void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
-               const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
+               const float* x, const float* bias, float* y, int64_t in_features, int64_t out_features,
                int64_t tokens, int64_t stride) {
   // stride == TILE, passed at run time on purpose: with the compile-time constant GCC 12 generated
   // code 8x slower for the inner loop (5 vs 43 GFLOP/s per core, measured on Zen 3).
   const int64_t ntiles = (tokens + TILE - 1) / TILE;
-  // Results for this chunk's rows are staged (rows x TILE) and written out token by token, so the
-  // stores into y run along contiguous output features. Storing each row's TILE results straight
-  // into y hits TILE cache lines one row-stride apart, which map to very few L1 sets when the stride
-  // is a multiple of 2 KiB (out_features 1536: 4x slower, measured).
+  // xb: this tile of activations, transposed here (in, TILE), so that torch need not copy x into a
+  // tiled layout first (that copy cost ~50 us per layer, measured). stage: results for these rows,
+  // written out token by token so the stores into y run along contiguous output features; storing
+  // each row's TILE results straight into y hits TILE lines one row-stride apart, which map to very
+  // few L1 sets when the stride is a multiple of 2 KiB (out_features 1536: 4x slower, measured).
+  std::vector<float> xb(static_cast<size_t>(in_features) * TILE);
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
   for (int64_t tile = 0; tile < ntiles; ++tile) {
-    const float* xtile = xt + tile * in_features * TILE;
     const int64_t t0 = tile * TILE;
     const int64_t valid = tokens - t0 < TILE ? tokens - t0 : TILE;
+    for (int64_t t = 0; t < TILE; ++t) {
+      float* dst = xb.data() + t;
+      if (t < valid) {
+        const float* src = x + (t0 + t) * in_features;
+        for (int64_t i = 0; i < in_features; ++i) dst[i * TILE] = src[i];
+      } else {
+        for (int64_t i = 0; i < in_features; ++i) dst[i * TILE] = 0.0f;
+      }
+    }
     for (int64_t o = o0; o < o1; ++o) {
       const float b = bias ? bias[o] : 0.0f;
       float acc[TILE];
       for (int t = 0; t < TILE; ++t) acc[t] = b;
       for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
         const float w = val[k];
-        const float* row = xtile + static_cast<int64_t>(idx[k]) * stride;
-#pragma GCC unroll 32
+        const float* row = xb.data() + static_cast<int64_t>(idx[k]) * stride;
+#pragma GCC unroll 16
         for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
       }
       float* st = stage.data() + (o - o0) * TILE;
@@ -63,30 +73,30 @@ constexpr int64_t kSerialWork = 1 << 21;
 
 }  // namespace
 
-// chunks: row boundaries (size nchunks + 1) with about equal nonzeros per chunk.
+// chunks: row boundaries (size nchunks + 1) with about equal nonzeros per chunk; each thread takes a
+// contiguous range of chunks and transposes each token tile once for all of its rows.
 torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor indices, torch::Tensor values,
-                         torch::Tensor xt, c10::optional<torch::Tensor> bias, int64_t tokens) {
-  TORCH_CHECK(xt.dim() == 3 && xt.is_contiguous() && xt.scalar_type() == torch::kFloat,
-              "xt must be contiguous float32 (ntiles, in, tile)");
-  TORCH_CHECK(xt.size(2) == 8 || xt.size(2) == 16, "tile must be 8 or 16");
+                         torch::Tensor x, c10::optional<torch::Tensor> bias, int64_t tile) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
+              "x must be contiguous float32 (tokens, in)");
+  TORCH_CHECK(tile == 8 || tile == 16, "tile must be 8 or 16");
   const int64_t out_features = indptr.size(0) - 1;
-  const int64_t in_features = xt.size(1);
-  const int64_t tile = xt.size(2);
-  auto y = torch::empty({tokens, out_features}, xt.options());
+  const int64_t tokens = x.size(0);
+  const int64_t in_features = x.size(1);
+  auto y = torch::empty({tokens, out_features}, x.options());
   const int64_t* ch = chunks.data_ptr<int64_t>();
   const int64_t* ip = indptr.data_ptr<int64_t>();
   const int32_t* ix = indices.data_ptr<int32_t>();
   const float* v = values.data_ptr<float>();
-  const float* x = xt.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t nchunks = chunks.size(0) - 1;
   auto work = [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      switch (tile) {
-        case 8: tile_rows<8>(ch[c], ch[c + 1], ip, ix, v, x, b, yp, in_features, out_features, tokens, tile); break;
-        default: tile_rows<16>(ch[c], ch[c + 1], ip, ix, v, x, b, yp, in_features, out_features, tokens, tile); break;
-      }
+    if (tile == 8) {
+      tile_rows<8>(ch[c0], ch[c1], ip, ix, v, xp, b, yp, in_features, out_features, tokens, tile);
+    } else {
+      tile_rows<16>(ch[c0], ch[c1], ip, ix, v, xp, b, yp, in_features, out_features, tokens, tile);
     }
   };
   if (values.numel() * tokens < kSerialWork) {

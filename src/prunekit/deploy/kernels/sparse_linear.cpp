@@ -69,7 +69,7 @@ void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx
 }
 
 // Small problems run on the calling thread: waking the pool costs more than it saves.
-constexpr int64_t kSerialWork = 1 << 21;
+constexpr int64_t kSerialWork = 1 << 19;
 
 }  // namespace
 
@@ -135,7 +135,7 @@ torch::Tensor spmv_rows(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
       yp[o] = (s0 + s1) + (s2 + s3) + (b ? b[o] : 0.0f);
     }
   };
-  if (values.numel() < kSerialWork / 64) {
+  if (values.numel() < kSerialWork / 16) {
     work(0, chunks.size(0) - 1);
   } else {
     at::parallel_for(0, chunks.size(0) - 1, 1, work);

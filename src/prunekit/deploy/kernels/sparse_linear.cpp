@@ -1,8 +1,8 @@
 // Sparse x dense products for prunekit's CPU runtime (float32).
 //
 // y = x W^T + b with W in CSR (rows = output features). Activations are used transposed in token
-// tiles, xb: (in, TILE), so that for each nonzero w[o, i] the kernel adds w * xb[i, :] into TILE
-// accumulators held in vector registers: contiguous loads and FMAs instead of scattered
+// tiles, xt: (ntiles, in, TILE), so that for each nonzero w[o, i] the kernel adds w * xt[tile, i, :]
+// into TILE accumulators held in vector registers: contiguous loads and FMAs instead of scattered
 // gathers. TILE is 8 or 16: measured on Zen 3 with GCC 12, 16 reached 34 GFLOP/s per core where 32
 // reached 10 and 64 spilled (6). Rows are split over threads in chunks of equal nonzero counts
 // (global pruning leaves rows and layers very uneven), with ATen's own thread pool, so the kernel
@@ -24,37 +24,27 @@ namespace {
 // stream their nonzeros; results are stored straight into y's layout (no transpose afterwards).
 template <int TILE>
 void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
-               const float* x, const float* bias, float* y, int64_t in_features, int64_t out_features,
+               const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
                int64_t tokens, int64_t stride) {
   // stride == TILE, passed at run time on purpose: with the compile-time constant GCC 12 generated
   // code 8x slower for the inner loop (5 vs 43 GFLOP/s per core, measured on Zen 3).
   const int64_t ntiles = (tokens + TILE - 1) / TILE;
-  // xb: this tile of activations, transposed here (in, TILE), so that torch need not copy x into a
-  // tiled layout first (that copy cost ~50 us per layer, measured). stage: results for these rows,
-  // written out token by token so the stores into y run along contiguous output features; storing
-  // each row's TILE results straight into y hits TILE lines one row-stride apart, which map to very
-  // few L1 sets when the stride is a multiple of 2 KiB (out_features 1536: 4x slower, measured).
-  std::vector<float> xb(static_cast<size_t>(in_features) * TILE);
+  // stage: results for these rows, written out token by token so the stores into y run along
+  // contiguous output features; storing each row's TILE results straight into y hits TILE lines one
+  // row-stride apart, which map to very few L1 sets when the stride is a multiple of 2 KiB
+  // (out_features 1536: 4x slower, measured).
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
   for (int64_t tile = 0; tile < ntiles; ++tile) {
     const int64_t t0 = tile * TILE;
     const int64_t valid = tokens - t0 < TILE ? tokens - t0 : TILE;
-    for (int64_t t = 0; t < TILE; ++t) {
-      float* dst = xb.data() + t;
-      if (t < valid) {
-        const float* src = x + (t0 + t) * in_features;
-        for (int64_t i = 0; i < in_features; ++i) dst[i * TILE] = src[i];
-      } else {
-        for (int64_t i = 0; i < in_features; ++i) dst[i * TILE] = 0.0f;
-      }
-    }
+    const float* xtile = xt + tile * in_features * TILE;
     for (int64_t o = o0; o < o1; ++o) {
       const float b = bias ? bias[o] : 0.0f;
       float acc[TILE];
       for (int t = 0; t < TILE; ++t) acc[t] = b;
       for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
         const float w = val[k];
-        const float* row = xb.data() + static_cast<int64_t>(idx[k]) * stride;
+        const float* row = xtile + static_cast<int64_t>(idx[k]) * stride;
 #pragma GCC unroll 16
         for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
       }
@@ -64,6 +54,28 @@ void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx
     for (int64_t t = 0; t < valid; ++t) {
       float* out = y + (t0 + t) * out_features;
       for (int64_t o = o0; o < o1; ++o) out[o] = stage[(o - o0) * TILE + t];
+    }
+  }
+}
+
+// xt[tile, i, t] = x[tile * TILE + t, i] (zero past the last token): token tiles, transposed.
+// Built once per call (in parallel over tiles) in 16x16 blocks, so reads and writes both stay within
+// a few cache lines; doing it inside every thread's row loop duplicated the work (measured).
+void transpose_tiles(const float* x, float* xt, int64_t tokens, int64_t in_features, int64_t tile, int64_t t0_tile,
+                     int64_t t1_tile) {
+  for (int64_t tl = t0_tile; tl < t1_tile; ++tl) {
+    float* dst = xt + tl * in_features * tile;
+    for (int64_t i0 = 0; i0 < in_features; i0 += 16) {
+      const int64_t i1 = i0 + 16 < in_features ? i0 + 16 : in_features;
+      for (int64_t t = 0; t < tile; ++t) {
+        const int64_t row = tl * tile + t;
+        if (row < tokens) {
+          const float* src = x + row * in_features;
+          for (int64_t i = i0; i < i1; ++i) dst[i * tile + t] = src[i];
+        } else {
+          for (int64_t i = i0; i < i1; ++i) dst[i * tile + t] = 0.0f;
+        }
+      }
     }
   }
 }
@@ -92,16 +104,22 @@ torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tens
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t nchunks = chunks.size(0) - 1;
+  const int64_t ntiles = (tokens + tile - 1) / tile;
+  auto xt_tensor = torch::empty({ntiles, in_features, tile}, x.options());
+  float* xt = xt_tensor.data_ptr<float>();
+  auto transpose = [&](int64_t a, int64_t z) { transpose_tiles(xp, xt, tokens, in_features, tile, a, z); };
   auto work = [&](int64_t c0, int64_t c1) {
     if (tile == 8) {
-      tile_rows<8>(ch[c0], ch[c1], ip, ix, v, xp, b, yp, in_features, out_features, tokens, tile);
+      tile_rows<8>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile);
     } else {
-      tile_rows<16>(ch[c0], ch[c1], ip, ix, v, xp, b, yp, in_features, out_features, tokens, tile);
+      tile_rows<16>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile);
     }
   };
   if (values.numel() * tokens < kSerialWork) {
+    transpose(0, ntiles);
     work(0, nchunks);
   } else {
+    at::parallel_for(0, ntiles, 1, transpose);
     at::parallel_for(0, nchunks, 1, work);
   }
   return y;

@@ -356,7 +356,7 @@ def test_fuzzed_arguments_either_give_valid_masks_or_change_nothing(s, pattern, 
     except (ValueError, TypeError):
         assert_unchanged(model, before)
         return
-    assert 0.0 <= report.sparsity < 1.0
+    assert 0.0 <= report.sparsity <= 1.0  # s close to 1 may round to every weight
     for name, mask in pk.masks(model).items():
         assert mask.dtype == torch.bool and mask.shape == dict(model.named_parameters())[
             name.replace(".weight", ".parametrizations.weight.original")

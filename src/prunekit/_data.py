@@ -11,12 +11,26 @@ A batch is one of:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["forward_batch", "run_loss"]
+__all__ = ["forward_batch", "run_loss", "eval_mode"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run calibration in eval mode (no dropout, BatchNorm statistics untouched), then restore every
+    module's own ``training`` flag."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
 
 
 def forward_batch(model: nn.Module, batch: Any) -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Union
 import torch
 from torch import nn
 
-from prunekit._data import forward_batch, run_loss
+from prunekit._data import eval_mode, forward_batch, run_loss
 
 __all__ = [
     "Criterion",
@@ -154,21 +154,15 @@ class Taylor(Criterion):
             return
         params = [t.param for t in targets]
         sums = [torch.zeros_like(p) for p in params]
-        was_training = {m: m.training for m in model.modules()}
-        model.eval()
         n = 0
-        try:
-            with torch.enable_grad():
-                for batch in data:
-                    loss = run_loss(model, batch, loss_fn)
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
-                    for s, g in zip(sums, grads):
-                        if g is not None:
-                            s.add_(g.detach())
-                    n += 1
-        finally:
-            for m, flag in was_training.items():
-                m.training = flag
+        with eval_mode(model), torch.enable_grad():
+            for batch in data:
+                loss = run_loss(model, batch, loss_fn)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for s, g in zip(sums, grads):
+                    if g is not None:
+                        s.add_(g.detach())
+                n += 1
         if n == 0:
             raise ValueError("data is empty: criterion='taylor' needs at least one calibration batch")
         self._grads = {id(p): s for p, s in zip(params, sums)}
@@ -208,19 +202,15 @@ class Wanda(Criterion):
             sums[id(module)] += x.square().sum(0)
 
         handles = [t.module.register_forward_hook(hook) for t in targets]
-        was_training = {m: m.training for m in model.modules()}
-        model.eval()
         n = 0
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 for batch in data:
                     forward_batch(model, batch)
                     n += 1
         finally:
             for h in handles:
                 h.remove()
-            for m, flag in was_training.items():
-                m.training = flag
         if n == 0:
             raise ValueError("data is empty: criterion='wanda' needs at least one calibration batch")
         self._norms = {id(t.param): sums[id(t.module)].sqrt() for t in targets}

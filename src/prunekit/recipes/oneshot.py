@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit._checks import fraction
-from prunekit._data import forward_batch
+from prunekit._data import eval_mode, forward_batch
 from prunekit.masks import attach, find_mask
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.pruning import prune
@@ -255,20 +255,14 @@ def oneshot(
     if not batches:
         raise ValueError("calibration is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
 
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     started = time.perf_counter()
-    try:
-        with torch.no_grad():
-            if blocks is None:
-                warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from one "
-                              "pass of the whole model, all layers pruned together", stacklevel=2)
-                _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp)
-            else:
-                _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+    with eval_mode(model), torch.no_grad():
+        if blocks is None:
+            warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from one "
+                          "pass of the whole model, all layers pruned together", stacklevel=2)
+            _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp)
+        else:
+            _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp)
     report = sparsity_report(model)
     report.seconds = time.perf_counter() - started
     return report

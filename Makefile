@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fashion_mnist.py
 	$(BIN)/python bench/oneshot.py
 	$(BIN)/python bench/sizes.py
+	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py
 
 clean:

@@ -7,6 +7,11 @@ tokens and 2 threads, plus batch 8 and 1 thread for the 90% model. Every runtime
 against the same pruned weights run by PyTorch. Also: this machine's dense GEMM GFLOP/s and copy
 GB/s, and the FLOPs and bytes of the sparse layers, to say how close the kernels get.
 
+When DeepSparse 1.8 is installed in its own venv (``make bench`` tries: ``.venv-deepsparse``, or set
+``DEEPSPARSE_PYTHON``), the same pruned weights also run there (bench/deepsparse_peer.py, opset 14,
+separate process); its times are chained to this process through dense ONNX Runtime, which both
+processes measure.
+
 Run: ``.venv/bin/python bench/sparse_runtime.py`` (part of ``make bench``). Writes
 bench/results/sparse_runtime.{json,md}.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +86,34 @@ def layer_costs(model, tokens: int) -> dict:
             "sparse_weight_bytes": nnz * 8}  # value (4 B) + column index (4 B)
 
 
+def deepsparse_peer(models: dict, x1, tmp: str) -> dict | None:
+    """Median seconds per call in DeepSparse for each model, chained to this process's ONNX Runtime."""
+    python = os.environ.get("DEEPSPARSE_PYTHON", os.path.join(os.path.dirname(RESULTS), "..", ".venv-deepsparse", "bin", "python"))
+    if not os.path.exists(python):
+        return None
+    import onnx
+
+    paths = {}
+    for name, model in models.items():
+        path = os.path.join(tmp, f"ds-{name}.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(model, x1, path, opset=14, input_names=["input_ids", "attention_mask"])
+        proto = onnx.load(path)
+        proto.ir_version = 8  # DeepSparse 1.8 pins onnx < 1.15, which reads IR <= 8
+        onnx.save(proto, path)
+        paths[name] = path
+    out = os.path.join(tmp, "deepsparse.json")
+    done = subprocess.run([python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepsparse_peer.py"), out,
+                           *[f"{k}={v}" for k, v in paths.items()]], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "NM_DISABLE_ANALYTICS": "True"})
+    if done.returncode != 0:
+        print("DeepSparse peer failed:", done.stderr[-2000:])
+        return None
+    with open(out) as f:
+        return json.load(f)
+
+
 def main() -> None:
     torch.set_num_threads(2)
     bert, tok = load_minilm()
@@ -123,14 +157,31 @@ def main() -> None:
                      "90% sparse, prunekit runtime (measured at 2 threads)": fast[0.9]}, x1, rounds=9, threads=1)
     limits = machine_limits()
     costs = {str(k): layer_costs(m, 128) for k, m in models.items()}
-    write(b1, b8, t1, errors, limits, costs, {str(k): fast[k].runtime_report.fraction_sparse for k in fast})
+    peer = deepsparse_peer({"dense": dense, "90%": models[0.9], "95%": models[0.95]}, x1, tmp)
+    write(b1, b8, t1, errors, limits, costs, {str(k): fast[k].runtime_report.fraction_sparse for k in fast}, peer)
 
 
-def write(b1, b8, t1, errors, limits, costs, fractions) -> None:
+def deepsparse_rows(b1, peer) -> list[str]:
+    if not peer:
+        return ["DeepSparse 1.8 was not available in its own venv for this run.", ""]
+    ort_here = b1["dense ONNX Runtime fp32"].median
+    scale = ort_here / peer["dense (ONNX Runtime)"]
+    base = b1["dense PyTorch fp32"].median
+    rows = ["DeepSparse 1.8 on the same weights (own process; times scaled by this run's dense ONNX Runtime "
+            f"/ the peer's, {scale:.2f}):", "", "| variant | ms (chained) | vs dense PyTorch | vs dense ONNX Runtime |",
+            "|---|---|---|---|"]
+    for name in ("dense", "90%", "95%"):
+        t = peer[f"{name} (DeepSparse)"] * scale
+        rows.append(f"| {name} DeepSparse 1.8 | {t * 1e3:.1f} | {base / t:.2f}x | {ort_here / t:.2f}x |")
+    return rows + [""]
+
+
+def write(b1, b8, t1, errors, limits, costs, fractions, peer=None) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     data = {"torch": torch.__version__, "batch1_2threads": b1.to_dict(), "batch8_2threads": b8.to_dict(),
             "batch1_1thread": t1.to_dict(), "runtime_rel_err_vs_same_weights": errors, "machine": limits,
-            "sparse_layer_costs_128_tokens": costs, "fraction_of_linear_weights_sparse": fractions}
+            "sparse_layer_costs_128_tokens": costs, "fraction_of_linear_weights_sparse": fractions,
+            "deepsparse_peer_seconds": peer}
     with open(os.path.join(RESULTS, "sparse_runtime.json"), "w") as f:
         json.dump(data, f, indent=2)
     ort = b1["dense ONNX Runtime fp32"].median
@@ -153,6 +204,7 @@ def write(b1, b8, t1, errors, limits, costs, fractions) -> None:
         "",
         *table(b1),
         "",
+        *deepsparse_rows(b1, peer),
         "## Batch 8 x 128 tokens, 2 threads",
         "",
         *table(b8),

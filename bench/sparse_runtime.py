@@ -134,10 +134,11 @@ def main() -> None:
         ort_sparse = export_onnx(models[0.9], x1, os.path.join(tmp, "sparse90.onnx"),
                                  input_names=["input_ids", "attention_mask"]).path
     fast = {k: sparse_runtime(m, x1, threads=2) for k, m in models.items()}
+    fast["int8@0.9"] = sparse_runtime(models[0.9], x1, threads=2, int8=True)
     errors = {}
     with torch.no_grad():
         for k in fast:
-            ref = models[k](*x1)
+            ref = models[0.9 if k == "int8@0.9" else k](*x1)
             errors[str(k)] = float((fast[k](*x1) - ref).abs().max() / ref.abs().max())
     variants = {
         "dense PyTorch fp32": dense,
@@ -148,6 +149,7 @@ def main() -> None:
         "90% sparse, prunekit runtime": fast[0.9],
         "95% sparse, prunekit runtime": fast[0.95],
         "90% 1x4 blocks, prunekit runtime": fast["1x4@0.9"],
+        "90% sparse, runtime with int8 allowed": fast["int8@0.9"],
     }
     b1 = pk.compare(variants, x1, rounds=15, threads=2)
     print(b1, flush=True)
@@ -158,7 +160,8 @@ def main() -> None:
     limits = machine_limits()
     costs = {str(k): layer_costs(m, 128) for k, m in models.items()}
     peer = deepsparse_peer({"dense": dense, "90%": models[0.9], "95%": models[0.95]}, x1, tmp)
-    write(b1, b8, t1, errors, limits, costs, {str(k): fast[k].runtime_report.fraction_sparse for k in fast}, peer)
+    choices = {str(k): [r["choice"] for r in fast[k].runtime_report.rows] for k in fast}
+    write(b1, b8, t1, errors, limits, costs, {str(k): fast[k].runtime_report.fraction_sparse for k in fast}, peer, choices)
 
 
 def deepsparse_rows(b1, peer) -> list[str]:
@@ -176,12 +179,12 @@ def deepsparse_rows(b1, peer) -> list[str]:
     return rows + [""]
 
 
-def write(b1, b8, t1, errors, limits, costs, fractions, peer=None) -> None:
+def write(b1, b8, t1, errors, limits, costs, fractions, peer=None, choices=None) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     data = {"torch": torch.__version__, "batch1_2threads": b1.to_dict(), "batch8_2threads": b8.to_dict(),
             "batch1_1thread": t1.to_dict(), "runtime_rel_err_vs_same_weights": errors, "machine": limits,
             "sparse_layer_costs_128_tokens": costs, "fraction_of_linear_weights_sparse": fractions,
-            "deepsparse_peer_seconds": peer}
+            "deepsparse_peer_seconds": peer, "layer_choices": choices}
     with open(os.path.join(RESULTS, "sparse_runtime.json"), "w") as f:
         json.dump(data, f, indent=2)
     ort = b1["dense ONNX Runtime fp32"].median
@@ -217,6 +220,9 @@ def write(b1, b8, t1, errors, limits, costs, fractions, peer=None) -> None:
         "",
         "Runtime output vs PyTorch on the same pruned weights (max abs error / max abs output): "
         + ", ".join(f"{k}: {v:.1e}" for k, v in errors.items()) + ".",
+        "With int8 allowed, the 90% model's layers chose: " + ", ".join(
+            f"{c} x{choices['int8@0.9'].count(c)}" for c in sorted(set(choices["int8@0.9"]))) + " (int8 is lossy: "
+        f"{errors['int8@0.9']:.1e} relative error above).",
         "Share of encoder Linear weights the runtime chose to run sparse: "
         + ", ".join(f"{k}: {v:.0%}" for k, v in fractions.items()) + ".",
         f"This machine: dense GEMM {limits['dense_gemm_gflops_1536x384x128']:.0f} GFLOP/s (1536x384x128, 2 threads), "

@@ -87,3 +87,23 @@ def test_unsupported_dtype_stays_dense_with_the_reason():
 def test_semi_structured_path_says_what_it_needs():
     with pytest.raises(RuntimeError, match="compute capability >= 8.0"):
         semi_structured(nn.Linear(8, 8))
+
+
+def test_int8_option_measures_a_third_kernel_and_keeps_zeros():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64)).eval()
+    pk.prune(model, 0.9, scope="layer", include="0")  # layer 2 stays dense: an int8-only candidate
+    x = torch.randn(64, 256)
+    fast = sparse_runtime(model, x, threads=2, rounds=3, int8=True)
+    rows = {r["name"]: r for r in fast.runtime_report.rows}
+    assert rows["0"]["int8_us"] > 0 and rows["2"]["int8_us"] > 0 and rows["2"]["sparse_us"] is None
+    for name, r in rows.items():
+        times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8") if r[f"{k}_us"] is not None}
+        assert r["choice"] == min(times, key=times.get)
+        layer = fast.get_submodule(name)
+        if r["choice"] == "int8":
+            q = layer.weight().int_repr()
+            assert bool((q[model.get_submodule(name).weight.detach() == 0] == 0).all())  # zeros stay zero
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05

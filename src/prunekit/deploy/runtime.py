@@ -87,9 +87,9 @@ class SparseLinear(nn.Module):
 
 @dataclass
 class RuntimeReport:
-    """Per Linear layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` (median
-    per call), ``sparse`` (chosen) and ``reason``. ``fraction_sparse``: share of the Linear weights
-    that now run sparse."""
+    """Per Linear layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` /
+    ``int8_us`` (median per call), ``choice`` (``"dense"``, ``"sparse"`` or ``"int8"``), ``sparse``
+    and ``reason``. ``fraction_sparse``: share of the Linear weights that now run sparse."""
 
     rows: list[dict] = field(default_factory=list)
 
@@ -99,12 +99,11 @@ class RuntimeReport:
         return sum(r["weights"] for r in self.rows if r["sparse"]) / total if total else 0.0
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<48} {'sparsity':>8} {'tokens':>6} {'dense us':>9} {'sparse us':>9}  choice"]
+        lines = [f"{'layer':<48} {'sparsity':>8} {'tokens':>6} {'dense us':>9} {'sparse us':>9} {'int8 us':>8}  choice"]
         for r in self.rows:
-            d = "-" if r["dense_us"] is None else f"{r['dense_us']:.1f}"
-            s = "-" if r["sparse_us"] is None else f"{r['sparse_us']:.1f}"
-            lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9}  "
-                         f"{'sparse' if r['sparse'] else 'dense'} ({r['reason']})")
+            d, s, q = ("-" if r[k] is None else f"{r[k]:.1f}" for k in ("dense_us", "sparse_us", "int8_us"))
+            lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9} {q:>8}  "
+                         f"{r['choice']} ({r['reason']})")
         lines.append(f"{self.fraction_sparse:.1%} of Linear weights run sparse")
         return "\n".join(lines)
 
@@ -127,6 +126,7 @@ def sparse_runtime(
     rounds: int = 7,
     threads: int | None = None,
     inplace: bool = False,
+    int8: bool = False,
 ) -> nn.Module:
     """Return ``model`` with sparse Linear layers re-bound to CSR kernels where they measure faster.
 
@@ -138,6 +138,8 @@ def sparse_runtime(
         rounds: timing rounds per layer (dense and sparse interleaved, median).
         threads: ``torch.set_num_threads`` during the measurement (use what you will deploy with).
         inplace: change ``model`` itself instead of a copy.
+        int8: also try PyTorch's dynamic int8 Linear (fbgemm) for every float32 Linear and keep it where
+            it measures fastest. Lossy (about 1-2% relative error per layer); zeros stay zero.
 
     Returns:
         the model (a copy unless ``inplace``) with ``runtime_report`` (:class:`RuntimeReport`).
@@ -162,70 +164,97 @@ def sparse_runtime(
         w = m.weight.detach()
         sparsity = 1 - int(torch.count_nonzero(w)) / w.numel()
         row = {"name": name, "sparsity": sparsity, "weights": w.numel(), "tokens": 0, "dense_us": None,
-               "sparse_us": None, "sparse": False, "reason": ""}
+               "sparse_us": None, "int8_us": None, "choice": "dense", "sparse": False, "reason": ""}
         report.rows.append(row)
         if w.dtype != torch.float32 or w.device.type != "cpu":
             row["reason"] = f"{w.dtype} on {w.device}: the CPU kernels take float32"
-        elif sparsity < min_sparsity:
+        elif sparsity < min_sparsity and not int8:
             row["reason"] = f"below min_sparsity={min_sparsity}"
         else:
             candidates.append((name, m, row))
-    if not candidates:
+    if not any(r["sparsity"] >= min_sparsity for _, _, r in candidates) and not int8:
         warnings.warn(f"no Linear layer has >= {min_sparsity:.0%} zeros: the model is returned unchanged", stacklevel=2)
         return model
     kernels = load()
-    if kernels is None:
-        for _, _, row in candidates:
-            row["reason"] = "kernels could not be built here"
-        return model
-    shapes: dict[str, torch.Size] = {}
-    if example_inputs is not None:
-
-        def record(name):
-            def hook(module, args):  # returns None: a pre-hook's return value would replace the inputs
-                shapes.setdefault(name, args[0].shape)
-
-            return hook
-
-        hooks = [m.register_forward_pre_hook(record(name)) for name, m, _ in candidates]
-        try:
-            with torch.no_grad():
-                _call(model.eval(), example_inputs)
-        finally:
-            for h in hooks:
-                h.remove()
+    shapes = _input_shapes(model, example_inputs, [(n, m) for n, m, _ in candidates]) if example_inputs is not None else {}
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         with torch.no_grad():
             for name, m, row in candidates:
-                sparse = SparseLinear(m, kernels)
+                options = {}
+                if row["sparsity"] >= min_sparsity:
+                    if kernels is None:
+                        row["reason"] = "kernels could not be built here"
+                    else:
+                        options["sparse"] = SparseLinear(m, kernels)
+                if int8:
+                    quantized = _dynamic_int8(m)
+                    if quantized is not None:
+                        options["int8"] = quantized
+                if not options:
+                    continue
                 if example_inputs is None:
-                    row.update(sparse=True, reason="not measured (no example_inputs)")
+                    choice = "sparse" if "sparse" in options else "int8"
+                    row.update(choice=choice, sparse=choice == "sparse", reason="not measured (no example_inputs)")
                 elif name not in shapes:
                     row["reason"] = "not called by forward on example_inputs"
                     continue
                 else:
                     x = torch.randn(shapes[name])
                     row["tokens"] = int(x.numel() // x.shape[-1])
-                    for fn in (m, sparse):  # warm-up
+                    fns = {"dense": m, **options}
+                    for fn in fns.values():  # warm-up
                         fn(x)
-                    d, s = [], []
+                    samples = {k: [] for k in fns}
                     for _ in range(rounds):
-                        d.append(_time(m, x, 1))
-                        s.append(_time(sparse, x, 1))
-                    dense_t, sparse_t = statistics.median(d), statistics.median(s)
-                    row.update(dense_us=dense_t * 1e6, sparse_us=sparse_t * 1e6)
-                    if sparse_t >= dense_t:
-                        row["reason"] = f"dense measured faster ({dense_t / sparse_t:.2f}x)"
+                        for k, fn in fns.items():
+                            samples[k].append(_time(fn, x, 1))
+                    times = {k: statistics.median(v) for k, v in samples.items()}
+                    for k, t in times.items():
+                        row[f"{k}_us"] = t * 1e6
+                    choice = min(times, key=times.get)
+                    row.update(choice=choice, sparse=choice == "sparse")
+                    if choice == "dense":
+                        row["reason"] = "dense measured fastest"
                         continue
-                    row.update(sparse=True, reason=f"{dense_t / sparse_t:.2f}x faster")
+                    row["reason"] = f"{times['dense'] / times[choice]:.2f}x faster than dense"
                 parent_name, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, attr, sparse)
+                setattr(model.get_submodule(parent_name) if parent_name else model, attr, options[row["choice"]])
     finally:
         torch.set_num_threads(old_threads)
     return model
+
+
+def _dynamic_int8(linear: nn.Linear) -> nn.Module | None:
+    """PyTorch's dynamic int8 Linear (fbgemm) for ``linear``, or None where this torch lacks it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated, still shipped
+            return torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
+    except (AttributeError, ImportError, RuntimeError):
+        return None
+
+
+def _input_shapes(model: nn.Module, example_inputs: Any, modules: list[tuple[str, nn.Module]]) -> dict[str, torch.Size]:
+    """The input shape each module sees in one forward pass on ``example_inputs``."""
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name):
+        def hook(module, args):  # returns None: a pre-hook's return value would replace the inputs
+            shapes.setdefault(name, args[0].shape)
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in modules]
+    try:
+        with torch.no_grad():
+            _call(model.eval(), example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
 
 
 def semi_structured(model: nn.Module) -> nn.Module:

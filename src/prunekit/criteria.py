@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Union
 import torch
 from torch import nn
 
-from prunekit._data import eval_mode, forward_batch, run_loss
+from prunekit._data import InputStats, eval_mode, forward_batch, run_loss
 
 __all__ = [
     "Criterion",
@@ -195,13 +195,7 @@ class Wanda(Criterion):
         bad = [t.fqn for t in targets if not isinstance(t.module, nn.Linear) or t.name != "weight"]
         if bad:
             raise ValueError(f"criterion='wanda' scores Linear weights only; exclude {bad[:5]}")
-        sums = {id(t.module): torch.zeros(t.module.in_features) for t in targets}
-
-        def hook(module, args, output):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
-            sums[id(module)] += x.square().sum(0)
-
-        handles = [t.module.register_forward_hook(hook) for t in targets]
+        stats = {id(t.module): InputStats(t.module) for t in targets}
         n = 0
         try:
             with eval_mode(model), torch.no_grad():
@@ -209,11 +203,11 @@ class Wanda(Criterion):
                     forward_batch(model, batch)
                     n += 1
         finally:
-            for h in handles:
-                h.remove()
+            for st in stats.values():
+                st.remove()
         if n == 0:
             raise ValueError("data is empty: criterion='wanda' needs at least one calibration batch")
-        self._norms = {id(t.param): sums[id(t.module)].sqrt() for t in targets}
+        self._norms = {id(t.param): stats[id(t.module)].norms() for t in targets}
 
     def context(self, target):
         ctx = super().context(target)

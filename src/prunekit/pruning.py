@@ -85,6 +85,12 @@ def _plan(sparsity: Sparsity, pattern: Pattern, targets: list[Target], scope: st
     return [(value, targets)]
 
 
+def _shape(t: Target) -> torch.Size:
+    """The weight's shape as forward sees it, without computing the masked weight."""
+    pm = find_mask(t.module, t.name)
+    return pm.mask.shape if pm is not None else effective(t.module, t.name).shape
+
+
 def _kth_smallest(flat: torch.Tensor, k: int, scratch: bool) -> float:
     """The k-th smallest value (1-based) of a 1-D tensor, in O(n); ``scratch``: may reorder ``flat``."""
     if flat.device.type == "cpu":
@@ -205,7 +211,7 @@ def prune(
     crit: Criterion = get_criterion(criterion)
     targets = find_targets(model, include, exclude)
     plan = _plan(sparsity, pat, targets, scope)
-    shape = {id(t): effective(t.module, t.name).shape for _, ts in plan for t in ts}
+    shape = {id(t): _shape(t) for _, ts in plan for t in ts}
     for _, ts in plan:
         for t in ts:
             pat.check(shape[id(t)], t.fqn, t.out_dim, t.in_dim)

@@ -108,15 +108,12 @@ class RuntimeReport:
         return "\n".join(lines)
 
 
-def _time(fn, x, rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        reps = 5
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn(x)
-        samples.append((time.perf_counter() - t0) / reps)
-    return statistics.median(samples)
+def _time(fn, x, reps: int = 5) -> float:
+    """Seconds per call over ``reps`` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn(x)
+    return (time.perf_counter() - t0) / reps
 
 
 def sparse_runtime(
@@ -210,7 +207,7 @@ def sparse_runtime(
                     samples = {k: [] for k in fns}
                     for _ in range(rounds):
                         for k, fn in fns.items():
-                            samples[k].append(_time(fn, x, 1))
+                            samples[k].append(_time(fn, x))
                     times = {k: statistics.median(v) for k, v in samples.items()}
                     for k, t in times.items():
                         row[f"{k}_us"] = t * 1e6

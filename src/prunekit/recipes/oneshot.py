@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit._checks import fraction
-from prunekit._data import eval_mode, forward_batch
+from prunekit._data import InputStats, eval_mode, forward_batch
 from prunekit.masks import attach, find_mask
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.pruning import prune
@@ -143,32 +143,7 @@ def sparsegpt_prune(
     return W.masked_fill(~keep, 0.0).to(weight.dtype), keep
 
 
-class _Stats:
-    """Input statistics of one Linear: sum of squares per feature (Wanda) or X^T X (SparseGPT)."""
-
-    def __init__(self, module: nn.Linear, full: bool):
-        self.n = 0
-        self.full = full
-        cols = module.in_features
-        self.acc = torch.zeros(cols, cols) if full else torch.zeros(cols)
-        self.handle = module.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
-        self.n += x.shape[0]
-        if self.full:
-            self.acc += x.T @ x
-        else:
-            self.acc += x.square().sum(0)
-
-    def hessian(self) -> torch.Tensor:
-        return 2.0 * self.acc / max(self.n, 1)
-
-    def norms(self) -> torch.Tensor:
-        return self.acc.sqrt()
-
-
-def _prune_layers(targets: list[Target], stats: dict[int, _Stats], method: str, s: float, pattern, blocksize, percdamp):
+def _prune_layers(targets: list[Target], stats: dict[int, InputStats], method: str, s: float, pattern, blocksize, percdamp):
     for t in targets:
         st = stats[id(t)]
         pm = find_mask(t.module, t.name)
@@ -278,13 +253,13 @@ def _run(model, batch, i):
 
 
 def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp):
-    stats = {id(t): _Stats(t.module, method == "sparsegpt") for t in targets}
+    stats = {id(t): InputStats(t.module, method == "sparsegpt") for t in targets}
     try:
         for i, batch in enumerate(batches):
             _run(model, batch, i)
     finally:
         for st in stats.values():
-            st.handle.remove()
+            st.remove()
     _prune_layers(targets, stats, method, s, pat, blocksize, percdamp)
 
 
@@ -309,13 +284,13 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, 
     for block in blocks:
         inside = {id(m) for m in block.modules()}
         mine = [t for t in targets if id(t.module) in inside]
-        stats = {id(t): _Stats(t.module, method == "sparsegpt") for t in mine}
+        stats = {id(t): InputStats(t.module, method == "sparsegpt") for t in mine}
         try:
             for args, kwargs in captured:
                 block(*args, **kwargs)
         finally:
             for st in stats.values():
-                st.handle.remove()
+                st.remove()
         _prune_layers(mine, stats, method, s, pat, blocksize, percdamp)
         del stats
         nxt = []

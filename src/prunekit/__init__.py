@@ -6,7 +6,7 @@ Example:
     >>> pk.finalize(model); info = pk.save(model, "model.pk.safetensors")
 """
 
-from prunekit import criteria, deploy, patterns, recipes, schedules
+from prunekit import criteria, deploy, patterns, recipes, schedules, structured
 from prunekit.bench import BenchmarkResult, Comparison, benchmark, compare
 from prunekit.criteria import Criterion, ScoreContext
 from prunekit.deploy.storage import SaveInfo, load, save
@@ -15,6 +15,7 @@ from prunekit.patterns import Pattern
 from prunekit.pruner import Pruner
 from prunekit.pruning import prune
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
+from prunekit.structured.macs import count_macs_params
 
 __version__ = "0.1.0"
 
@@ -44,5 +45,7 @@ __all__ = [
     "schedules",
     "recipes",
     "deploy",
+    "structured",
+    "count_macs_params",
     "__version__",
 ]

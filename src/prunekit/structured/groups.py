@@ -1,0 +1,206 @@
+"""Coupled channel groups: units that must go together, gathered into groups of like units.
+
+A *unit* is one connected component of channel slots (see :mod:`prunekit.structured.trace`): one
+output channel of a convolution with the matching batch-norm entries and the next layer's input
+channel, or one attention head with its q/k/v rows and output columns. Units with the same members
+(same tensors, same dimensions, same counts) form a :class:`Group`; a pruning ratio applies to each
+group's units.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.structured.trace import Trace, trace
+
+__all__ = ["Group", "groups", "build_groups"]
+
+
+@dataclass
+class Group:
+    """Like units that must be pruned together.
+
+    Attributes:
+        members: ``(tensor fqn, dim)`` pairs a unit removes indices from.
+        units: per unit, ``{(fqn, dim): indices}``.
+        width: the most indices one unit removes from one tensor (1 for a channel, 64 for a
+            64-wide head); ``round_to`` counts channels, so it rounds ``kept units * width``.
+        prunable: False when pinned; ``reason`` says why.
+    """
+
+    members: list[tuple[str, int]]
+    units: list[dict[tuple[str, int], np.ndarray]]
+    width: int
+    prunable: bool = True
+    reason: str = ""
+    kind: str = "channels"
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __str__(self) -> str:
+        main = ", ".join(f"{n}[{d}]" for n, d in self.members[:4]) + (" ..." if len(self.members) > 4 else "")
+        state = "prunable" if self.prunable else f"kept: {self.reason}"
+        return f"{len(self.units)} {self.kind} x {self.width}: {main} ({state})"
+
+
+def _selected(model: nn.Module, exclude) -> set[str]:
+    """Parameter/buffer fqns under excluded modules."""
+    if exclude is None:
+        return set()
+    names = dict(model.named_modules())
+    if isinstance(exclude, (str, type)) or callable(exclude) and not isinstance(exclude, (list, tuple)):
+        exclude = [exclude]
+    chosen = set()
+    for item in exclude:
+        if isinstance(item, str):
+            hits = [n for n in names if n and fnmatch.fnmatchcase(n, item)]
+            if not hits:
+                raise ValueError(f"exclude={item!r} matches no module; module names look like "
+                                 f"{[n for n in names if n][:5]}")
+        elif isinstance(item, type):
+            hits = [n for n, m in names.items() if isinstance(m, item)]
+        elif callable(item):
+            hits = [n for n, m in names.items() if item(m, n)]
+        else:
+            raise TypeError(f"exclude items must be module-name globs, module types or (module, fqn) -> bool; "
+                            f"got {type(item).__name__}")
+        for n in hits:
+            for pn, _ in names[n].named_parameters(prefix=n):
+                chosen.add(pn)
+            for bn, _ in names[n].named_buffers(prefix=n):
+                chosen.add(bn)
+    return chosen
+
+
+def build_groups(model: nn.Module, t: Trace, exclude=None) -> list[Group]:
+    """Turn a trace into groups (pinned ones included, with the reason)."""
+    comp = _settle_splits(t)
+    excluded = _selected(model, exclude)
+    reasons: dict[int, str] = {}
+    for ids, why in t.pins:
+        for c in np.unique(comp[ids]):
+            reasons.setdefault(int(c), why)
+    sizes = np.bincount(comp, minlength=len(comp))
+    keys = list(t.keys)
+    owner, index, compo = [np.asarray(t.owner)], [np.asarray(t.index)], [comp]
+    for fqn, ids in t.elements.items():  # parameters used as activations: one slicing dimension, or pin
+        c = comp[ids.numpy()]
+        tied = sizes[c] > 1
+        if not tied.any():
+            continue
+        dim = _slice_dim(c, tied)
+        if dim is None:
+            for k in np.unique(c[tied]):
+                reasons.setdefault(int(k), f"parameter {fqn} is used along more than one channel dimension")
+            continue
+        keys.append((fqn, dim))
+        moved = np.moveaxis(c, dim, 0).reshape(c.shape[dim], -1)
+        tmask = np.moveaxis(tied, dim, 0).reshape(c.shape[dim], -1)
+        rows = [i for i in range(c.shape[dim]) if tmask[i].any()]
+        owner.append(np.full(len(rows), len(keys) - 1))
+        index.append(np.asarray(rows, dtype=np.int64))
+        compo.append(np.asarray([moved[i][tmask[i]][0] for i in rows], dtype=np.int64))
+    owner, index, compo = np.concatenate(owner), np.concatenate(index), np.concatenate(compo)
+    units: dict[int, dict] = defaultdict(lambda: defaultdict(list))
+    for o, i, c in zip(owner.tolist(), index.tolist(), compo.tolist()):
+        if o >= 0:
+            units[c][keys[o]].append(i)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    by_signature: dict[Any, Group] = {}
+    out = []
+    for c, members in units.items():
+        members = {k: np.asarray(sorted(v)) for k, v in members.items()}
+        reason = reasons.get(c, "")
+        if not reason and any(k[0] in excluded for k in members):
+            reason = "excluded"
+        if not reason and any(n not in params and n not in buffers for n, _ in members):
+            reason = "a tensor prunekit cannot resize"
+        key = (tuple(sorted((k, len(v)) for k, v in members.items())), reason)
+        if key not in by_signature:
+            width = max(len(v) for v in members.values())
+            linear_rows = sum(d == 0 and isinstance(_module_of(model, n), nn.Linear) for n, d in members)
+            kind = "channels" if width == 1 else "heads" if linear_rows >= 2 or any(
+                n in t.attention for n, _ in members) else "units"
+            by_signature[key] = Group(members=sorted(members), units=[], width=width, prunable=not reason,
+                                      reason=reason, kind=kind)
+            out.append(by_signature[key])
+        by_signature[key].units.append(members)
+    for g in out:
+        g.units.sort(key=lambda u: min((k, int(v[0])) for k, v in u.items()))
+        if g.prunable and len(g.units) < 2:
+            g.prunable, g.reason = False, "a single unit (removing it would empty the layer)"
+    out.sort(key=lambda g: (not g.prunable, g.members))
+    return out
+
+
+def _settle_splits(t: Trace) -> np.ndarray:
+    """Pieces of a sized split must stay equal: whole pieces go, or the same local index from each."""
+    comp = t.components()
+    for _ in range(8):
+        added = False
+        for ids in t.splits:
+            c = comp[ids]
+            whole = all(len(np.unique(row)) == 1 for row in c)
+            aligned = all(len(np.unique(col)) == 1 for col in c.T)
+            if not whole and not aligned:
+                t.edges.append(np.stack([ids[1:].reshape(-1), np.repeat(ids[:1], len(ids) - 1, 0).reshape(-1)], 1))
+                added = True
+        if not added:
+            return comp
+        comp = t.components()
+    return comp
+
+
+def _module_of(model: nn.Module, fqn: str) -> nn.Module | None:
+    parent = fqn.rpartition(".")[0]
+    try:
+        return model.get_submodule(parent) if parent else model
+    except AttributeError:
+        return None
+
+
+def _slice_dim(c: np.ndarray, tied: np.ndarray) -> int | None:
+    """The dimension along which each slice of a parameter's tied elements joins one component."""
+    for d in range(c.ndim):
+        if c.shape[d] < 2 and c.ndim > 1:
+            continue
+        moved = np.moveaxis(c, d, 0).reshape(c.shape[d], -1)
+        tmask = np.moveaxis(tied, d, 0).reshape(c.shape[d], -1)
+        ok = True
+        seen = {}
+        for i in range(moved.shape[0]):
+            vals = np.unique(moved[i][tmask[i]])
+            if len(vals) > 1 or (len(vals) == 1 and seen.setdefault(int(vals[0]), i) != i):
+                ok = False
+                break
+        if ok:
+            return d
+    return None
+
+
+def groups(model: nn.Module, example_inputs: Any, exclude: str | type | Callable | list | None = None) -> list[Group]:
+    """The coupled channel groups of ``model``, for inspection. Changes nothing.
+
+    Args:
+        model: any module; it runs once (eval and train mode) on ``example_inputs``.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+        exclude: modules whose channels must stay (fqn globs, module types or ``(module, fqn) -> bool``).
+
+    Returns:
+        A list of :class:`Group`, prunable ones first; ``str(group)`` is one line.
+
+    Example:
+        >>> for g in prunekit.structured.groups(model, torch.randn(1, 3, 224, 224)):
+        ...     print(g)
+    """
+    with torch.no_grad():
+        return build_groups(model, trace(model, example_inputs), exclude)

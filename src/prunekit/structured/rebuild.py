@@ -1,0 +1,532 @@
+"""Remove whole channels, neurons and heads: a smaller model that runs as it is.
+
+``prune_channels`` scores each group's units, picks the ones to remove (per group or globally,
+rounded so kept channel counts stay multiples of ``round_to``), slices every coupled tensor, and
+updates the attributes ``forward`` reads (``in_features``, ``out_channels``, ``groups``,
+``num_features``, ``normalized_shape``, ``num_heads``...). It then runs the model on the example
+inputs in eval and train mode; if the rebuilt model fails where a module's own code hard-codes a
+width, the groups inside modules of that class are kept and it tries again, and if it still fails
+the model is restored and the error names the module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils._pytree import tree_flatten
+
+from prunekit.structured.attention import shrink_heads
+from prunekit.structured.groups import Group, _selected, build_groups
+from prunekit.structured.macs import count_macs_params
+from prunekit.structured.trace import _flat_inputs, trace
+
+__all__ = ["prune_channels", "StructuredReport", "CRITERIA"]
+
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_heads", "n_head", "all_head_size",
+              "num_kv_heads", "inner_dim")
+
+
+@dataclass
+class StructuredReport:
+    """What :func:`prune_channels` did.
+
+    ``macs``/``params`` are (before, after); ``layers`` lists ``(tensor fqn, shape before, shape
+    after)``; ``groups`` the groups with how many units each kept; ``kept_by_module`` the groups a
+    module's own code prevented from shrinking.
+    """
+
+    macs: tuple[int, int]
+    params: tuple[int, int]
+    layers: list[tuple[str, tuple, tuple]]
+    groups: list[tuple[Group, int]]
+    criterion: str
+    scope: str
+    ratio: float
+    kept_by_module: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        """MACs before / after (the theoretical speedup)."""
+        return self.macs[0] / max(1, self.macs[1])
+
+    def __str__(self) -> str:
+        lines = [
+            f"structured pruning ({self.criterion}, scope={self.scope}, ratio={self.ratio:.3f} of each group's channels):",
+            f"  MACs   {self.macs[0]:>14,} -> {self.macs[1]:>14,}  ({self.macs[1] / max(1, self.macs[0]):.1%}, "
+            f"{self.macs_ratio:.2f}x fewer)",
+            f"  params {self.params[0]:>14,} -> {self.params[1]:>14,}  ({self.params[1] / max(1, self.params[0]):.1%}); "
+            "a channel ratio p removes about 1-(1-p)^2 of a layer's weights when both its sides shrink",
+        ]
+        width = max([len(n) for n, _, _ in self.layers] + [10])
+        for name, before, after in self.layers:
+            lines.append(f"  {name:<{width}} {str(tuple(before)):>22} -> {str(tuple(after))}")
+        for why in self.kept_by_module:
+            lines.append(f"  kept: {why}")
+        return "\n".join(lines)
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+
+def _per_index(t: torch.Tensor, dim: int, how: str) -> torch.Tensor:
+    x = t.detach().float().movedim(dim, 0).reshape(t.shape[dim], -1)
+    return x.abs().sum(1) if how == "l1" else x.pow(2).sum(1)
+
+
+def _scores(model: nn.Module, g: Group, criterion, generator: torch.Generator) -> torch.Tensor:
+    params = dict(model.named_parameters())
+    n = len(g.units)
+    if callable(criterion):
+        out = torch.as_tensor(criterion(model, g), dtype=torch.float64).reshape(-1)
+        if out.numel() != n:
+            raise ValueError(f"criterion returned {out.numel()} scores for a group of {n} units; return one per unit")
+        return out
+    if criterion == "random":
+        return torch.rand(n, generator=generator, dtype=torch.float64)
+    members = [(f, d) for f, d in g.members if f in params]
+    if criterion == "bn_scale":
+        norms = [(f, d) for f, d in members if f.endswith("weight") and isinstance(_owner(model, f), nn.modules.batchnorm._NormBase)]
+        members = norms or members
+    total = torch.zeros(n, dtype=torch.float64)
+    for fqn, dim in members:
+        p = params[fqn]
+        if criterion == "taylor":
+            if p.grad is None:
+                raise ValueError(f"criterion='taylor' needs gradients on {fqn}: run loss.backward() on a batch "
+                                 "before prune_channels (or use criterion='l2')")
+            per = (p.detach() * p.grad).abs().float().movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
+            per_unit = torch.stack([per[torch.as_tensor(u[(fqn, dim)])].sum() for u in g.units])
+        elif criterion == "fpgm":
+            if p.dim() < 2:
+                continue
+            vecs = torch.stack([p.detach().float().index_select(dim, torch.as_tensor(u[(fqn, dim)])).reshape(-1)
+                                for u in g.units])
+            per_unit = torch.cdist(vecs, vecs).sum(1)
+        else:
+            how = "l1" if criterion in ("l1", "bn_scale") else "l2"
+            per = _per_index(p, dim, how)
+            per_unit = torch.stack([per[torch.as_tensor(u[(fqn, dim)])].sum() for u in g.units])
+            if how == "l2":
+                per_unit = per_unit.sqrt()
+        per_unit = per_unit.double()
+        total += per_unit / per_unit.mean().clamp_min(1e-12)
+    return total
+
+
+def _owner(model: nn.Module, fqn: str) -> nn.Module:
+    parent = fqn.rpartition(".")[0]
+    return model.get_submodule(parent) if parent else model
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+def _step(g: Group, round_to: int | None) -> int:
+    if not round_to:
+        return 1
+    return round_to // math.gcd(round_to, g.width)
+
+
+def _keep_count(n: int, target_keep: float, step: int, min_keep: int) -> int:
+    if n < step:
+        return n
+    keep = max(step, int(round(target_keep / step)) * step)
+    while keep < min_keep:
+        keep += step
+    return min(n, keep)
+
+
+def plan(model, groups: list[Group], ratio: float, scope: str, criterion, round_to, max_ratio, seed=0):
+    """Units to remove per prunable group: ``[(group, removed unit positions)]``."""
+    gen = torch.Generator().manual_seed(seed)
+    live = [g for g in groups if g.prunable]
+    scores = [_scores(model, g, criterion, gen) for g in live]
+    out = []
+    if scope == "global" and live:
+        flat = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+        order = torch.argsort(flat, stable=True)[: int(round(ratio * len(flat)))]
+        removed = torch.bincount(owner[order], minlength=len(live))
+        targets = [len(g) - int(r) for g, r in zip(live, removed)]
+    else:
+        targets = [len(g) * (1 - ratio) for g in live]
+    for g, s, target in zip(live, scores, targets):
+        n = len(g)
+        keep = _keep_count(n, target, _step(g, round_to), math.ceil(n * (1 - max_ratio)))
+        if keep < n:
+            out.append((g, torch.argsort(s, stable=True)[: n - keep].tolist()))
+    return out
+
+
+# -- applying --------------------------------------------------------------------------------------
+
+
+class _Backup:
+    """Everything a rebuild changes, to put back on failure."""
+
+    def __init__(self):
+        self.items = []
+
+    def attr(self, obj, name):
+        self.items.append(("attr", obj, name, getattr(obj, name)))
+
+    def restore(self):
+        for kind, obj, name, value in reversed(self.items):
+            if kind == "attr":
+                if name in getattr(obj, "_parameters", {}):
+                    obj._parameters[name] = value
+                elif name in getattr(obj, "_buffers", {}):
+                    obj._buffers[name] = value
+                else:
+                    object.__setattr__(obj, name, value)
+
+
+def _holders(model: nn.Module):
+    """(module, attr name, is_param) for every parameter/buffer slot, shared ones included."""
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for n, p in m._parameters.items():
+            if p is not None:
+                yield (f"{mname}.{n}" if mname else n), m, n, True
+        for n, b in m._buffers.items():
+            if b is not None:
+                yield (f"{mname}.{n}" if mname else n), m, n, False
+
+
+def apply(model: nn.Module, chosen, convs: dict, attention: dict, backup: _Backup) -> list:
+    removed: dict[tuple[str, int], set] = {}
+    for g, units in chosen:
+        for u in units:
+            for key, idx in g.units[u].items():
+                removed.setdefault(key, set()).update(int(i) for i in idx)
+    tensors = {}
+    for fqn, m, n, is_param in _holders(model):
+        tensors.setdefault(id(m._parameters[n] if is_param else m._buffers[n]), []).append((fqn, m, n, is_param))
+    by_name = {fqn: obj_id for obj_id, holders in tensors.items() for fqn, *_ in holders}
+    per_tensor: dict[int, dict[int, set]] = {}
+    for (fqn, dim), idx in removed.items():
+        per_tensor.setdefault(by_name[fqn], {}).setdefault(dim, set()).update(idx)
+    changes = []
+    old_shapes = {}
+    for obj_id, dims in per_tensor.items():
+        holders = tensors[obj_id]
+        fqn, m, n, is_param = holders[0]
+        old = m._parameters[n] if is_param else m._buffers[n]
+        new = old.detach()
+        for dim, idx in sorted(dims.items()):
+            keep = torch.tensor(sorted(set(range(new.shape[dim])) - idx), dtype=torch.long)
+            new = new.index_select(dim, keep)
+        new = new.clone()
+        if is_param:
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+        for _, hm, hn, hp in holders:
+            backup.attr(hm, hn)
+            (hm._parameters if hp else hm._buffers)[hn] = new
+        changes.append((fqn, tuple(old.shape), tuple(new.shape)))
+        old_shapes[fqn] = tuple(old.shape)
+    _update_attributes(model, convs, attention, chosen, old_shapes, backup)
+    return changes
+
+
+def _set(backup, obj, name, value):
+    backup.attr(obj, name)
+    object.__setattr__(obj, name, value)
+
+
+def _update_attributes(model, convs, attention, chosen, old_shapes, backup) -> None:
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        w = getattr(m, "weight", None) if isinstance(getattr(m, "weight", None), torch.Tensor) else None
+        if isinstance(m, nn.Linear) and w is not None:
+            _set(backup, m, "in_features", w.shape[1])
+            _set(backup, m, "out_features", w.shape[0])
+        elif isinstance(m, nn.modules.conv._ConvNd) and w is not None:
+            info = convs.get(prefix + "weight", {})
+            old = old_shapes.get(prefix + "weight")
+            if info.get("depthwise") and old is not None:
+                per_group = old[0] // m.groups
+                _set(backup, m, "groups", w.shape[0] // per_group)
+            if m.transposed:
+                _set(backup, m, "in_channels", w.shape[0])
+                _set(backup, m, "out_channels", w.shape[1] * m.groups)
+            else:
+                _set(backup, m, "in_channels", w.shape[1] * m.groups)
+                _set(backup, m, "out_channels", w.shape[0])
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            ref = w if w is not None else getattr(m, "running_mean", None)
+            if ref is not None:
+                _set(backup, m, "num_features", ref.shape[0])
+        elif isinstance(m, nn.LayerNorm) and w is not None:
+            _set(backup, m, "normalized_shape", (w.shape[0],))
+        elif isinstance(m, nn.GroupNorm) and w is not None:
+            _set(backup, m, "num_channels", w.shape[0])
+        elif isinstance(m, nn.Embedding):
+            _set(backup, m, "embedding_dim", m.weight.shape[1])
+        elif isinstance(m, nn.PReLU):
+            _set(backup, m, "num_parameters", m.weight.numel())
+        elif isinstance(m, nn.MultiheadAttention) and (prefix + "in_proj_weight") in old_shapes:
+            heads = m.in_proj_weight.shape[0] // (3 * m.head_dim)
+            if heads != m.num_heads:
+                backup.attr(m, "__class__")
+                _set(backup, m, "num_heads", m.num_heads)
+                shrink_heads(m, heads)
+    # head counts that Hugging Face style attention modules keep as attributes
+    done = set()
+    for g, units in chosen:
+        if g.kind != "heads":
+            continue
+        frac = (len(g.units) - len(units)) / len(g.units)
+        for fqn, _ in g.members:
+            parent = fqn.rpartition(".")[0].rpartition(".")[0]
+            m = model.get_submodule(parent) if parent else model
+            if id(m) in done:
+                continue
+            done.add(id(m))
+            for a in HEAD_ATTRS:
+                v = getattr(m, a, None)
+                if isinstance(v, int) and not isinstance(v, bool) and isinstance(m, nn.Module) \
+                        and not isinstance(m, nn.MultiheadAttention) and float(v * frac).is_integer():
+                    _set(backup, m, a, int(v * frac))
+
+
+# -- checking --------------------------------------------------------------------------------------
+
+
+class _Where:
+    """Remembers the innermost module running when an exception escapes."""
+
+    def __init__(self, model):
+        self.stack, self.failed, self.hooks = [], None, []
+        for name, m in model.named_modules():
+            self.hooks.append(m.register_forward_pre_hook(lambda mod, a, n=name: self._push(n)))
+            self.hooks.append(m.register_forward_hook(lambda mod, a, o: self._pop()))
+
+    def _push(self, name) -> None:
+        self.stack.append(name)
+
+    def _pop(self) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def _shapes(out):
+    return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+
+
+def _check(model, example_inputs, expected: dict) -> str | None:
+    """Run eval (and train, when it ran before) mode; returns the failing module name or None."""
+    args, kwargs = _flat_inputs(example_inputs)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = {m: m.training for m in model.modules()}
+    where = _Where(model)
+    try:
+        for train, shapes in expected.items():
+            model.train(train)
+            where.stack.clear()
+            try:
+                with torch.no_grad():
+                    got = _shapes(model(*args, **kwargs))
+            except Exception as e:
+                name = where.stack[-1] if where.stack else ""
+                return f"{name}|{type(e).__name__}: {e}"
+            if got != shapes:
+                return f"|output shapes changed: {shapes} -> {got}"
+        return None
+    finally:
+        where.close()
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in state and v.shape == state[k].shape:
+                    v.copy_(state[k])
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _expected(model, example_inputs) -> dict:
+    args, kwargs = _flat_inputs(example_inputs)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = {m: m.training for m in model.modules()}
+    out = {}
+    try:
+        for train in (False, True):
+            model.train(train)
+            try:
+                with torch.no_grad():
+                    out[train] = _shapes(model(*args, **kwargs))
+            except Exception as e:
+                if not train:
+                    raise ValueError(f"example_inputs do not run the model: {type(e).__name__}: {e}") from e
+    finally:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in state and v.shape == state[k].shape:
+                    v.copy_(state[k])
+        for m, mode in modes.items():
+            m.training = mode
+    return out
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+def _validate(model, ratio, criterion, scope, round_to, max_ratio, target_macs, target_params):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        raise TypeError("prune the model before wrapping it in DataParallel/DistributedDataParallel (pass model.module)")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("model has masks or other parametrizations; call prunekit.finalize(model) first")
+    budgets = [x for x in (ratio, target_macs, target_params) if x is not None]
+    if len(budgets) != 1:
+        raise ValueError("give exactly one of ratio=, target_macs= or target_params= (e.g. ratio=0.3)")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
+        raise ValueError(f"ratio={ratio!r} must be a fraction of channels to remove in [0, 1), e.g. 0.3")
+    for name, v in (("target_macs", target_macs), ("target_params", target_params)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ValueError(f"{name}={v!r} must be a fraction to keep in (0, 1] or an absolute count > 1")
+    if not callable(criterion) and criterion not in CRITERIA:
+        raise ValueError(f"criterion={criterion!r} is unknown; use one of {CRITERIA} or a function (model, group) -> scores")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope={scope!r} is unknown; use 'layer' (same ratio in every group) or 'global'")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to={round_to!r} must be a positive int (8, 16) or None")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
+        raise ValueError(f"max_ratio={max_ratio!r} must be in (0, 1): the most any group may lose")
+
+
+def prune_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float | None = None,
+    criterion: str | Callable = "l2",
+    scope: str = "layer",
+    round_to: int | None = 8,
+    exclude: Any = None,
+    max_ratio: float = 0.9,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    seed: int = 0,
+) -> StructuredReport:
+    """Remove channels, neurons and attention heads; the model is rebuilt smaller, in place.
+
+    Changes: replaces the pruned parameters and buffers of ``model`` with smaller ones and updates
+    module attributes to match; optimizers built before hold the old tensors (build a new one). A
+    rejected call leaves the model exactly as it was.
+
+    Args:
+        model: any module that runs on ``example_inputs`` (torchvision, timm, Hugging Face, your own).
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+        ratio: fraction of each group's channels (or heads) to remove, in [0, 1). Removing a
+            fraction p of the channels on both sides of a layer removes about 1-(1-p)^2 of its weights.
+        criterion: ``"l1"``, ``"l2"`` (norms summed over every coupled tensor), ``"bn_scale"``
+            (network slimming: |gamma| of the coupled batch norms), ``"taylor"`` (|w * grad|, run a
+            backward first), ``"fpgm"`` (distance to the other units), ``"random"``, or a function
+            ``(model, group) -> scores`` (one score per unit; low scores go first).
+        scope: ``"layer"``: the same ratio in every group; ``"global"``: units ranked across groups
+            (scores normalised by each group's mean).
+        round_to: keep channel counts multiples of this (default 8; None for exact ratios).
+        exclude: modules whose channels must stay: fqn globs, module types or ``(module, fqn) -> bool``.
+        max_ratio: the most any group may lose.
+        target_macs, target_params: instead of ``ratio``, a budget: the fraction of MACs (or
+            parameters) to keep (e.g. 0.5), or an absolute count when > 1; the ratio is searched.
+        seed: for ``criterion="random"``.
+
+    Returns:
+        :class:`StructuredReport` with MACs and parameters before and after, per-tensor shapes.
+
+    Raises:
+        ValueError / TypeError: bad arguments, inputs that do not run the model, or a rebuilt model
+            that fails in a way prunekit cannot fix (the model is restored; the message names the module).
+
+    Example:
+        >>> report = prunekit.structured.prune_channels(model, torch.randn(1, 3, 224, 224), ratio=0.5)
+        >>> print(report)          # MACs 4.1G -> 1.1G ...
+    """
+    _validate(model, ratio, criterion, scope, round_to, max_ratio, target_macs, target_params)
+    _selected(model, exclude)  # names that match nothing fail here, before anything runs
+    expected = _expected(model, example_inputs)
+    macs0, params0 = count_macs_params(model, example_inputs)
+    with torch.no_grad():
+        t = trace(model, example_inputs)
+        found = build_groups(model, t, exclude)
+    if ratio is None:
+        _prune(copy.deepcopy(model), example_inputs, found, t, 0.5, criterion, scope, round_to, max_ratio, seed,
+               expected)  # learn which groups the model's own code keeps, before searching
+        goal = target_macs if target_macs is not None else target_params
+        base = macs0 if target_macs is not None else params0
+        want = goal * base if goal <= 1 else goal
+        ratio = _search(model, example_inputs, found, t, criterion, scope, round_to, max_ratio, seed,
+                        lambda m: count_macs_params(m, example_inputs)[0 if target_macs is not None else 1], want)
+    layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected)
+    macs1, params1 = count_macs_params(model, example_inputs)
+    counts = {}
+    for fqn, _, after in layers:
+        counts[fqn] = after
+    return StructuredReport(macs=(macs0, macs1), params=(params0, params1), layers=layers,
+                            groups=[(g, len(g)) for g in found], criterion=getattr(criterion, "__name__", str(criterion)),
+                            scope=scope, ratio=float(ratio), kept_by_module=kept)
+
+
+def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected):
+    kept_by_module = []
+    for attempt in range(6):
+        chosen = plan(model, found, ratio, scope, criterion, round_to, max_ratio, seed)
+        backup = _Backup()
+        layers = apply(model, chosen, t.convs, t.attention, backup)
+        failure = _check(model, example_inputs, expected)
+        if failure is None:
+            return layers, kept_by_module
+        backup.restore()
+        module, _, error = failure.partition("|")
+        if not module or not _keep_inside(model, found, module, wide=attempt % 2 == 1):
+            raise ValueError(f"the rebuilt model fails in {module or 'the model'!r} ({error}); the model is "
+                             "unchanged. Exclude that module (exclude=[...]) or report the model to prunekit.")
+        kept_by_module.append(f"{type(model.get_submodule(module)).__name__} modules hard-code a width ({error[:120]})")
+    raise ValueError("the rebuilt model kept failing; the model is unchanged")
+
+
+def _keep_inside(model, found, module: str, wide: bool) -> bool:
+    """Pin groups inside every module of the failing module's class (``wide``: groups touching them)."""
+    cls = type(model.get_submodule(module))
+    roots = [n for n, m in model.named_modules() if type(m) is cls]
+    inside = lambda fqn: any(fqn.startswith(r + ".") or not r for r in roots)  # noqa: E731
+    changed = False
+    for g in found:
+        if not g.prunable:
+            continue
+        hit = [inside(f) for f, _ in g.members]
+        if (all(hit) and not wide) or (any(hit) and wide):
+            g.prunable, g.reason, changed = False, f"{cls.__name__} hard-codes this width", True
+    return changed
+
+
+def _search(model, example_inputs, found, t, criterion, scope, round_to, max_ratio, seed, measure, want) -> float:
+    lo, hi = 0.0, max_ratio
+    best = hi
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(model)
+        chosen = plan(trial, found, mid, scope, criterion, round_to, max_ratio, seed)
+        apply(trial, chosen, t.convs, t.attention, _Backup())
+        try:
+            got = measure(trial)
+        except Exception:
+            got = float("inf")
+        if got <= want:
+            best, hi = mid, mid
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    return best

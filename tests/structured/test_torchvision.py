@@ -15,15 +15,18 @@ import torchvision
 from prunekit.structured import prune_channels
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
-FIXED_224 = ("vit_", "swin_", "maxvit_")  # position embeddings / windows tied to 224 x 224
 
 
-def _size(name: str) -> int:
-    if name.startswith(FIXED_224):
-        return 224
+def _size(name: str) -> tuple[int, dict]:
+    """The smallest input the model takes, and the builder arguments that allow it."""
+    if name.startswith("vit_"):
+        size = 56 if name.endswith("_14") else 64  # a multiple of the patch size
+        return size, {"image_size": size}  # position embeddings sized for it
+    if name.startswith("maxvit_"):
+        return 224, {}  # 7 x 7 partitions at every stage
     if name == "inception_v3":
-        return 75
-    return 64
+        return 299, {}  # its train-mode auxiliary head needs 17 x 17 maps
+    return 64, {}
 
 
 def test_the_list_is_torchvisions_80():
@@ -35,14 +38,15 @@ def test_prunes_and_trains(name):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    x = torch.randn(2, 3, _size(name), _size(name))
+        size, kwargs = _size(name)
+        model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    x = torch.randn(2, 3, size, size)
     report = prune_channels(model, x, ratio=0.5)
     assert report.params[1] < report.params[0]
     assert report.macs[1] < report.macs[0]
     model.train()
     out = model(x)
-    logits = out[0] if isinstance(out, tuple) else out
-    assert logits.shape == (2, 10)
-    logits.sum().backward()
+    outs = list(out) if isinstance(out, tuple) else [out]  # train mode: auxiliary heads too
+    assert all(o.shape == (2, 10) for o in outs)
+    sum(o.sum() for o in outs).backward()
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters() if p.requires_grad)

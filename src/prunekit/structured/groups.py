@@ -29,27 +29,32 @@ class Group:
 
     Attributes:
         members: ``(tensor fqn, dim)`` pairs a unit removes indices from.
-        units: per unit, ``{(fqn, dim): indices}``.
+        index: per member, an ``(units, indices per unit)`` array of the indices each unit removes.
         width: the most indices one unit removes from one tensor (1 for a channel, 64 for a
             64-wide head); ``round_to`` counts channels, so it rounds ``kept units * width``.
         prunable: False when pinned; ``reason`` says why.
+        kind: ``"channels"``, ``"heads"`` (units spanning several rows of two or more Linear layers) or ``"units"``.
     """
 
     members: list[tuple[str, int]]
-    units: list[dict[tuple[str, int], np.ndarray]]
+    index: dict[tuple[str, int], np.ndarray]
     width: int
     prunable: bool = True
     reason: str = ""
     kind: str = "channels"
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.units)
+        return len(next(iter(self.index.values())))
+
+    @property
+    def units(self) -> list[dict[tuple[str, int], np.ndarray]]:
+        """Per unit, ``{(fqn, dim): indices}`` (built on demand, for inspection)."""
+        return [{k: v[u] for k, v in self.index.items()} for u in range(len(self))]
 
     def __str__(self) -> str:
         main = ", ".join(f"{n}[{d}]" for n, d in self.members[:4]) + (" ..." if len(self.members) > 4 else "")
         state = "prunable" if self.prunable else f"kept: {self.reason}"
-        return f"{len(self.units)} {self.kind} x {self.width}: {main} ({state})"
+        return f"{len(self)} {self.kind} x {self.width}: {main} ({state})"
 
 
 def _selected(model: nn.Module, exclude) -> set[str]:
@@ -110,34 +115,39 @@ def build_groups(model: nn.Module, t: Trace, exclude=None) -> list[Group]:
         index.append(np.asarray(rows, dtype=np.int64))
         compo.append(np.asarray([moved[i][tmask[i]][0] for i in rows], dtype=np.int64))
     owner, index, compo = np.concatenate(owner), np.concatenate(index), np.concatenate(compo)
-    units: dict[int, dict] = defaultdict(lambda: defaultdict(list))
-    for o, i, c in zip(owner.tolist(), index.tolist(), compo.tolist()):
-        if o >= 0:
-            units[c][keys[o]].append(i)
-    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    by_signature: dict[Any, Group] = {}
-    out = []
-    for c, members in units.items():
-        members = {k: np.asarray(sorted(v)) for k, v in members.items()}
+    keep = owner >= 0
+    owner, index, compo = owner[keep], index[keep], compo[keep]
+    order = np.lexsort((index, owner, compo))
+    owner, index, compo = owner[order], index[order], compo[order]
+    k = len(keys) + 1
+    runs, starts, counts = np.unique(compo * k + owner, return_index=True, return_counts=True)
+    run_comp, run_owner = runs // k, runs % k
+    comps, first, nruns = np.unique(run_comp, return_index=True, return_counts=True)
+    excluded_keys = {i for i, key in enumerate(keys) if key[0] in excluded}
+    collected: dict[Any, list] = {}
+    for c, a, n in zip(comps.tolist(), first.tolist(), nruns.tolist()):
+        owners = run_owner[a:a + n].tolist()
         reason = reasons.get(c, "")
-        if not reason and any(k[0] in excluded for k in members):
+        if not reason and excluded_keys.intersection(owners):
             reason = "excluded"
-        if not reason and any(n not in params and n not in buffers for n, _ in members):
-            reason = "a tensor prunekit cannot resize"
-        key = (tuple(sorted((k, len(v)) for k, v in members.items())), reason)
-        if key not in by_signature:
-            width = max(len(v) for v in members.values())
-            linear_rows = sum(d == 0 and isinstance(_module_of(model, n), nn.Linear) for n, d in members)
-            kind = "channels" if width == 1 else "heads" if linear_rows >= 2 or any(
-                n in t.attention for n, _ in members) else "units"
-            by_signature[key] = Group(members=sorted(members), units=[], width=width, prunable=not reason,
-                                      reason=reason, kind=kind)
-            out.append(by_signature[key])
-        by_signature[key].units.append(members)
-    for g in out:
-        g.units.sort(key=lambda u: min((k, int(v[0])) for k, v in u.items()))
-        if g.prunable and len(g.units) < 2:
+        sig = (tuple(owners), tuple(counts[a:a + n].tolist()), reason)
+        collected.setdefault(sig, []).append(starts[a:a + n])
+    out = []
+    for (owners, sizes, reason), run_starts in collected.items():
+        run_starts = np.stack(run_starts)  # (units, members)
+        index_by_key = {keys[o]: index[run_starts[:, j, None] + np.arange(sz)] for j, (o, sz) in enumerate(zip(owners, sizes))}
+        first_key = min(index_by_key)
+        order_u = np.argsort(index_by_key[first_key][:, 0], kind="stable")
+        index_by_key = {key: v[order_u] for key, v in index_by_key.items()}
+        width = max(sizes)
+        members = sorted(index_by_key)
+        linear_rows = sum(d == 0 and isinstance(_module_of(model, n), nn.Linear) for n, d in members)
+        kind = "channels" if width == 1 else "heads" if linear_rows >= 2 or any(
+            n in t.attention for n, _ in members) else "units"
+        g = Group(members=members, index=index_by_key, width=width, prunable=not reason, reason=reason, kind=kind)
+        if g.prunable and len(g) < 2:
             g.prunable, g.reason = False, "a single unit (removing it would empty the layer)"
+        out.append(g)
     out.sort(key=lambda g: (not g.prunable, g.members))
     return out
 

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 from prunekit.structured.attention import shrink_heads
 from prunekit.structured.groups import Group, _selected, build_groups
 from prunekit.structured.macs import count_macs_params
-from prunekit.structured.trace import _flat_inputs, trace
+from prunekit.structured.trace import _flat_inputs, preserved, trace
 
 __all__ = ["prune_channels", "StructuredReport", "CRITERIA"]
 
@@ -83,7 +83,7 @@ def _per_index(t: torch.Tensor, dim: int, how: str) -> torch.Tensor:
 
 def _scores(model: nn.Module, g: Group, criterion, generator: torch.Generator) -> torch.Tensor:
     params = dict(model.named_parameters())
-    n = len(g.units)
+    n = len(g)
     if callable(criterion):
         out = torch.as_tensor(criterion(model, g), dtype=torch.float64).reshape(-1)
         if out.numel() != n:
@@ -103,17 +103,17 @@ def _scores(model: nn.Module, g: Group, criterion, generator: torch.Generator) -
                 raise ValueError(f"criterion='taylor' needs gradients on {fqn}: run loss.backward() on a batch "
                                  "before prune_channels (or use criterion='l2')")
             per = (p.detach() * p.grad).abs().float().movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
-            per_unit = torch.stack([per[torch.as_tensor(u[(fqn, dim)])].sum() for u in g.units])
+            per_unit = per[torch.as_tensor(g.index[(fqn, dim)])].sum(1)
         elif criterion == "fpgm":
             if p.dim() < 2:
                 continue
-            vecs = torch.stack([p.detach().float().index_select(dim, torch.as_tensor(u[(fqn, dim)])).reshape(-1)
-                                for u in g.units])
+            idx = torch.as_tensor(g.index[(fqn, dim)])
+            vecs = p.detach().float().movedim(dim, 0)[idx].reshape(len(idx), -1)
             per_unit = torch.cdist(vecs, vecs).sum(1)
         else:
             how = "l1" if criterion in ("l1", "bn_scale") else "l2"
             per = _per_index(p, dim, how)
-            per_unit = torch.stack([per[torch.as_tensor(u[(fqn, dim)])].sum() for u in g.units])
+            per_unit = per[torch.as_tensor(g.index[(fqn, dim)])].sum(1)
             if how == "l2":
                 per_unit = per_unit.sqrt()
         per_unit = per_unit.double()
@@ -203,9 +203,8 @@ def _holders(model: nn.Module):
 def apply(model: nn.Module, chosen, convs: dict, attention: dict, backup: _Backup) -> list:
     removed: dict[tuple[str, int], set] = {}
     for g, units in chosen:
-        for u in units:
-            for key, idx in g.units[u].items():
-                removed.setdefault(key, set()).update(int(i) for i in idx)
+        for key, idx in g.index.items():
+            removed.setdefault(key, set()).update(idx[units].reshape(-1).tolist())
     tensors = {}
     for fqn, m, n, is_param in _holders(model):
         tensors.setdefault(id(m._parameters[n] if is_param else m._buffers[n]), []).append((fqn, m, n, is_param))
@@ -282,7 +281,7 @@ def _update_attributes(model, convs, attention, chosen, old_shapes, backup) -> N
     for g, units in chosen:
         if g.kind != "heads":
             continue
-        frac = (len(g.units) - len(units)) / len(g.units)
+        frac = (len(g) - len(units)) / len(g)
         for fqn, _ in g.members:
             parent = fqn.rpartition(".")[0].rpartition(".")[0]
             m = model.get_submodule(parent) if parent else model
@@ -325,40 +324,31 @@ def _shapes(out):
 
 
 def _check(model, example_inputs, expected: dict) -> str | None:
-    """Run eval (and train, when it ran before) mode; returns the failing module name or None."""
+    """Run eval (and train, when it ran before) mode; returns "module|error" or None."""
     args, kwargs = _flat_inputs(example_inputs)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = {m: m.training for m in model.modules()}
     where = _Where(model)
     try:
-        for train, shapes in expected.items():
-            model.train(train)
-            where.stack.clear()
-            try:
-                with torch.no_grad():
-                    got = _shapes(model(*args, **kwargs))
-            except Exception as e:
-                name = where.stack[-1] if where.stack else ""
-                return f"{name}|{type(e).__name__}: {e}"
-            if got != shapes:
-                return f"|output shapes changed: {shapes} -> {got}"
+        with preserved(model):
+            for train, shapes in expected.items():
+                model.train(train)
+                where.stack.clear()
+                try:
+                    with torch.no_grad():
+                        got = _shapes(model(*args, **kwargs))
+                except Exception as e:
+                    name = where.stack[-1] if where.stack else ""
+                    return f"{name}|{type(e).__name__}: {e}"
+                if got != shapes:
+                    return f"|output shapes changed: {shapes} -> {got}"
         return None
     finally:
         where.close()
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in state and v.shape == state[k].shape:
-                    v.copy_(state[k])
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _expected(model, example_inputs) -> dict:
     args, kwargs = _flat_inputs(example_inputs)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = {m: m.training for m in model.modules()}
     out = {}
-    try:
+    with preserved(model):
         for train in (False, True):
             model.train(train)
             try:
@@ -367,13 +357,6 @@ def _expected(model, example_inputs) -> dict:
             except Exception as e:
                 if not train:
                     raise ValueError(f"example_inputs do not run the model: {type(e).__name__}: {e}") from e
-    finally:
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in state and v.shape == state[k].shape:
-                    v.copy_(state[k])
-        for m, mode in modes.items():
-            m.training = mode
     return out
 
 
@@ -489,7 +472,8 @@ def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, m
             return layers, kept_by_module
         backup.restore()
         module, _, error = failure.partition("|")
-        if not module or not _keep_inside(model, found, module, wide=attempt % 2 == 1):
+        if not module or not (_keep_inside(model, found, module, wide=False)
+                              or _keep_inside(model, found, module, wide=True)):
             raise ValueError(f"the rebuilt model fails in {module or 'the model'!r} ({error}); the model is "
                              "unchanged. Exclude that module (exclude=[...]) or report the model to prunekit.")
         kept_by_module.append(f"{type(model.get_submodule(module)).__name__} modules hard-code a width ({error[:120]})")

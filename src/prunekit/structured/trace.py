@@ -21,6 +21,7 @@ know): a pinned unit is never removed, and :func:`prunekit.structured.groups` sa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -661,18 +662,32 @@ def _flat_inputs(example_inputs):
     return (example_inputs,), {}
 
 
+@contextlib.contextmanager
+def preserved(model: nn.Module):
+    """Run ``model`` freely inside; its buffers (batch-norm statistics) and train/eval modes come back."""
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+        for m, mode in modes:
+            m.training = mode
+
+
 def trace(model: nn.Module, example_inputs) -> Trace:
-    """Run ``model`` once in eval mode (and once in train mode when that runs) with labelled channels.
+    """Run ``model`` once in train mode (when that runs) and once in eval mode with labelled channels.
 
     Train mode reaches branches that eval mode skips (auxiliary heads); batch-norm statistics and
     every other buffer are restored afterwards, so the model is left as it was.
     """
     t = Trace()
     args, kwargs = _flat_inputs(example_inputs)
-    state = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()}
-    modes = {m: m.training for m in model.modules()}
     labeller = _Labeller(model, t)
-    try:
+    with preserved(model):
         for train in (True, False):
             model.train(train)
             try:
@@ -682,17 +697,11 @@ def trace(model: nn.Module, example_inputs) -> Trace:
                 if not train:
                     raise
                 labeller.labels.clear()
+                labeller.keep.clear()
                 continue
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
                     t.pin(labeller.get(o), "model output")
             labeller.labels.clear()
             labeller.keep.clear()
-    finally:
-        with torch.no_grad():
-            for k, v in model.state_dict(keep_vars=True).items():
-                if k in state and v.shape == state[k].shape:
-                    v.copy_(state[k])
-        for m, mode in modes.items():
-            m.training = mode
     return t

@@ -46,19 +46,69 @@ def _docstrings():
                             yield inspect.getdoc(member) or ""
 
 
+def _prose(doc: str):
+    for para in re.split(r"\n\s*\n", doc):
+        text = " ".join(para.split())
+        for sent in _SPLIT.split(text):
+            sent = sent.strip()
+            letters = sum(c.isalpha() or c == " " for c in sent)
+            if not 40 <= len(sent) <= 220 or _CODE.search(sent) or letters < 0.9 * len(sent):
+                continue
+            if sent[0].isupper() and sent[-1] in ".!?":
+                yield sent
+
+
 def sentences(seed: int = 0) -> list[str]:
     """De-duplicated prose sentences, shuffled with ``seed``."""
     seen, out = set(), []
     for doc in _docstrings():
-        for para in re.split(r"\n\s*\n", doc):
-            text = " ".join(para.split())
-            for sent in _SPLIT.split(text):
-                sent = sent.strip()
-                letters = sum(c.isalpha() or c == " " for c in sent)
-                if not 40 <= len(sent) <= 220 or _CODE.search(sent) or letters < 0.9 * len(sent):
+        for sent in _prose(doc):
+            if sent.lower() not in seen:
+                seen.add(sent.lower())
+                out.append(sent)
+    out.sort()
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _source_docstrings(packages):
+    """Docstrings read with ``ast`` from installed packages' source files (nothing is imported)."""
+    import ast
+    import importlib.util
+    import pathlib
+
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root in spec.submodule_search_locations:
+            for path in sorted(pathlib.Path(root).rglob("*.py")):
+                if "test" in path.parts[-2:] or path.name.startswith("test"):
                     continue
-                if not sent[0].isupper() or sent[-1] not in ".!?" or sent.lower() in seen:
+                try:
+                    tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
+                except (SyntaxError, ValueError):
                     continue
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                        yield ast.get_docstring(node) or ""
+
+
+TRAIN_PACKAGES = ["numpy", "scipy", "sklearn", "torch", "transformers", "matplotlib", "pandas", "setuptools", "pip",
+                  "hypothesis", "onnx", "tensorboard", "mlxtend", "yaml", "psutil", "tqdm"]
+
+
+def training_sentences(exclude=(), seed: int = 0, packages=TRAIN_PACKAGES) -> list[str]:
+    """Prose sentences from the docstrings of installed packages (not the standard library), for training.
+
+    Sentences in ``exclude`` (case-insensitive) are left out, so a held-out set from :func:`sentences`
+    stays unseen.
+    """
+    seen = {s.lower() for s in exclude}
+    out = []
+    for doc in _source_docstrings(packages):
+        for sent in _prose(doc):
+            if sent.lower() not in seen:
                 seen.add(sent.lower())
                 out.append(sent)
     out.sort()

@@ -345,21 +345,6 @@ def _check(model, example_inputs, expected: dict) -> str | None:
         where.close()
 
 
-def _expected(model, example_inputs) -> dict:
-    args, kwargs = _flat_inputs(example_inputs)
-    out = {}
-    with preserved(model):
-        for train in (False, True):
-            model.train(train)
-            try:
-                with torch.no_grad():
-                    out[train] = _shapes(model(*args, **kwargs))
-            except Exception as e:
-                if not train:
-                    raise ValueError(f"example_inputs do not run the model: {type(e).__name__}: {e}") from e
-    return out
-
-
 # -- the API ---------------------------------------------------------------------------------------
 
 
@@ -438,11 +423,11 @@ def prune_channels(
     """
     _validate(model, ratio, criterion, scope, round_to, max_ratio, target_macs, target_params)
     _selected(model, exclude)  # names that match nothing fail here, before anything runs
-    expected = _expected(model, example_inputs)
-    macs0, params0 = count_macs_params(model, example_inputs)
     with torch.no_grad():
         t = trace(model, example_inputs)
         found = build_groups(model, t, exclude)
+    expected = t.modes  # output shapes per mode, from the trace
+    macs0, params0 = count_macs_params(model, example_inputs)
     if ratio is None:
         _prune(copy.deepcopy(model), example_inputs, found, t, 0.5, criterion, scope, round_to, max_ratio, seed,
                expected)  # learn which groups the model's own code keeps, before searching

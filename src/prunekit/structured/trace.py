@@ -110,6 +110,7 @@ class Trace:
     attention: dict = field(default_factory=dict)  # weight fqn -> module fqn of an nn.MultiheadAttention
     ops: set = field(default_factory=set)
     splits: list = field(default_factory=list)  # (pieces x per-piece) id matrices of sized splits
+    modes: dict = field(default_factory=dict)  # train (True/False) -> output shapes, for each mode that ran
 
     def new(self, count: int, key: int = -1) -> np.ndarray:
         ids = np.arange(self.n, self.n + count, dtype=np.int64)
@@ -119,15 +120,20 @@ class Trace:
         return ids
 
     def tie(self, a, b) -> None:
-        a = torch.as_tensor(a).reshape(-1)
-        b = torch.as_tensor(b).reshape(-1)
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if a.shape == b.shape and a.numel() > 4096:
+            a, b = _compact(a, b)
+        a, b = a.reshape(-1), b.reshape(-1)
         keep = (a > 0) & (b > 0) & (a != b)
         if keep.any():
             key = torch.unique(a[keep] * (1 << 32) + b[keep])  # ids stay far below 2**32
             self.edges.append(torch.stack([key >> 32, key & ((1 << 32) - 1)], 1).numpy())
 
     def pin(self, ids, reason: str) -> None:
-        ids = torch.as_tensor(ids).reshape(-1)
+        ids = torch.as_tensor(ids)
+        if ids.numel() > 4096:
+            ids, _ = _compact(ids, ids)
+        ids = ids.reshape(-1)
         ids = torch.unique(ids[ids > 0])
         if len(ids):
             self.pins.append((ids.numpy(), reason))
@@ -611,6 +617,16 @@ class _Labeller(TorchFunctionMode):
         self.set(outs[0], o_rows.expand(outs[0].shape).contiguous())
 
 
+def _compact(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the dimensions along which both label tensors are constant (spatial and token dims)."""
+    for d in range(a.dim()):
+        if a.shape[d] > 1:
+            a0, b0 = a.narrow(d, 0, 1), b.narrow(d, 0, 1)
+            if bool((a == a0).all()) and bool((b == b0).all()):
+                a, b = a0, b0
+    return a, b
+
+
 def _varying(lab: torch.Tensor) -> list[int]:
     """Dimensions along which the (non-FREE) labels change."""
     out = []
@@ -679,29 +695,32 @@ def preserved(model: nn.Module):
 
 
 def trace(model: nn.Module, example_inputs) -> Trace:
-    """Run ``model`` once in train mode (when that runs) and once in eval mode with labelled channels.
+    """Run ``model`` in eval mode with labelled channels, and in train mode too when eval mode
+    leaves parameters unused (auxiliary heads). Buffers and modes are restored afterwards.
 
-    Train mode reaches branches that eval mode skips (auxiliary heads); batch-norm statistics and
-    every other buffer are restored afterwards, so the model is left as it was.
+    Raises:
+        ValueError: ``example_inputs`` do not run the model in eval mode.
     """
     t = Trace()
     args, kwargs = _flat_inputs(example_inputs)
     labeller = _Labeller(model, t)
     with preserved(model):
-        for train in (True, False):
+        for train in (False, True):
             model.train(train)
             try:
                 with torch.no_grad(), labeller:
                     out = model(*args, **kwargs)
-            except Exception:
+            except Exception as e:
                 if not train:
-                    raise
-                labeller.labels.clear()
-                labeller.keep.clear()
-                continue
+                    raise ValueError(f"example_inputs do not run the model: {type(e).__name__}: {e}") from e
+                break
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
                     t.pin(labeller.get(o), "model output")
             labeller.labels.clear()
             labeller.keep.clear()
+            t.modes[train] = [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+            seen = {fqn for fqn, _ in t.keys} | set(t.elements)
+            if all(n in seen for n, _ in model.named_parameters()):
+                break
     return t

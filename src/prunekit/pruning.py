@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Callable, Iterable, Mapping, Union
 
-import numpy as np
 import torch
 from torch import nn
 

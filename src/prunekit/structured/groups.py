@@ -10,8 +10,7 @@ group's units.
 from __future__ import annotations
 
 import fnmatch
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

@@ -52,7 +52,7 @@ def _macs(name: str, args, kwargs, out) -> int:
         return math.prod(letters.values())
     if name == "multi_head_attention_forward":
         q, k = args[0], args[1]
-        e, w_in, w_out = args[3], args[5], args[11]
+        w_in, w_out = args[5], args[11]
         inner = w_in.shape[0] // 3
         tokens_q, tokens_k = q.numel() // q.shape[-1], k.numel() // k.shape[-1]
         return (tokens_q * inner * q.shape[-1] + 2 * tokens_k * inner * k.shape[-1]

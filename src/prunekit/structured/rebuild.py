@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize

@@ -561,7 +561,7 @@ class _Labeller(TorchFunctionMode):
         self.per_channel(x, out, [w], 1)
 
     def rule_embedding(self, args, kwargs, out):
-        ids, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+        w = args[1] if len(args) > 1 else kwargs["weight"]
         if not self.is_param(w):
             return self.unknown("embedding with a computed table", [w], out)
         self.set(out, self.slots(w, 1).expand(out.shape).contiguous())

@@ -291,3 +291,31 @@ def test_hard_coded_widths_are_kept_with_a_reason():
     assert model.a.out_features == 16 and report.kept_by_module
 
 
+
+
+def test_equivalent_transposed_conv_and_embedding():
+    torch.manual_seed(0)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 16)
+            self.up = nn.ConvTranspose2d(16, 12, 2, stride=2)
+            self.out = nn.Conv2d(12, 3, 1)
+
+        def forward(self, ids):
+            x = self.emb(ids).permute(0, 3, 1, 2)  # (B, 16, H, W)
+            return self.out(torch.relu(self.up(x)))
+
+    model = Decoder()
+    check_equivalent(model, torch.randint(0, 10, (2, 3, 3)))
+    assert model.emb.embedding_dim == model.up.in_channels == 8 and model.up.out_channels == model.out.in_channels == 6
+
+
+def test_group_norm_keeps_its_groups_even():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    x = torch.randn(2, 3, 6, 6)
+    prune_channels(model, x, ratio=0.5, round_to=None)
+    assert model[1].num_channels == model[0].out_channels == 8 and model[1].num_groups == 4
+    assert model(x).shape == (2, 4, 6, 6)

@@ -9,10 +9,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["count_macs_params"]
+__all__ = ["count_macs_params", "count_call", "Counter"]
 
 
-class _Counter(TorchFunctionMode):
+class Counter(TorchFunctionMode):
+    """Adds up :func:`count_call` over every call while active."""
+
     def __init__(self):
         super().__init__()
         self.macs = 0
@@ -20,12 +22,16 @@ class _Counter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        name = (getattr(func, "__name__", "") or "").strip("_")
-        try:
-            self.macs += _macs(name, args, kwargs, out)
-        except Exception:  # counting never breaks the model's forward
-            pass
+        self.macs += count_call(func, args, kwargs, out)
         return out
+
+
+def count_call(func, args, kwargs, out) -> int:
+    """MACs of one call seen by a TorchFunctionMode (0 for calls that are not matrix work)."""
+    try:
+        return _macs((getattr(func, "__name__", "") or "").strip("_"), args, kwargs, out)
+    except Exception:  # counting never breaks the model's forward
+        return 0
 
 
 def _macs(name: str, args, kwargs, out) -> int:
@@ -77,7 +83,7 @@ def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
         args, kwargs = tuple(example_inputs), {}
     else:
         args, kwargs = (example_inputs,), {}
-    counter = _Counter()
+    counter = Counter()
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:

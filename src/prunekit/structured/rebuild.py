@@ -11,6 +11,7 @@ the model is restored and the error names the module.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.structured.attention import shrink_heads
 from prunekit.structured.groups import Group, _selected, build_groups
-from prunekit.structured.macs import count_macs_params
+from prunekit.structured.macs import Counter, count_macs_params
 from prunekit.structured.trace import _flat_inputs, preserved, trace
 
 __all__ = ["prune_channels", "StructuredReport", "CRITERIA"]
@@ -322,8 +323,11 @@ def _shapes(out):
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
 
 
-def _check(model, example_inputs, expected: dict) -> str | None:
-    """Run eval (and train, when it ran before) mode; returns "module|error" or None."""
+def _check(model, example_inputs, expected: dict, counter=None) -> str | None:
+    """Run eval (and train, when it ran before) mode; returns "module|error" or None.
+
+    ``counter`` (a :class:`Counter`) adds up the eval-mode MACs on the way.
+    """
     args, kwargs = _flat_inputs(example_inputs)
     where = _Where(model)
     try:
@@ -332,7 +336,7 @@ def _check(model, example_inputs, expected: dict) -> str | None:
                 model.train(train)
                 where.stack.clear()
                 try:
-                    with torch.no_grad():
+                    with torch.no_grad(), (counter if counter is not None and not train else contextlib.nullcontext()):
                         got = _shapes(model(*args, **kwargs))
                 except Exception as e:
                     name = where.stack[-1] if where.stack else ""
@@ -426,7 +430,7 @@ def prune_channels(
         t = trace(model, example_inputs)
         found = build_groups(model, t, exclude)
     expected = t.modes  # output shapes per mode, from the trace
-    macs0, params0 = count_macs_params(model, example_inputs)
+    macs0, params0 = t.macs, sum(p.numel() for p in model.parameters())
     if ratio is None:
         _prune(copy.deepcopy(model), example_inputs, found, t, 0.5, criterion, scope, round_to, max_ratio, seed,
                expected)  # learn which groups the model's own code keeps, before searching
@@ -435,8 +439,10 @@ def prune_channels(
         want = goal * base if goal <= 1 else goal
         ratio = _search(model, example_inputs, found, t, criterion, scope, round_to, max_ratio, seed,
                         lambda m: count_macs_params(m, example_inputs)[0 if target_macs is not None else 1], want)
-    layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected)
-    macs1, params1 = count_macs_params(model, example_inputs)
+    counter = Counter()
+    layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected,
+                          counter)
+    macs1, params1 = counter.macs, sum(p.numel() for p in model.parameters())
     counts = {}
     for fqn, _, after in layers:
         counts[fqn] = after
@@ -445,13 +451,15 @@ def prune_channels(
                             scope=scope, ratio=float(ratio), kept_by_module=kept)
 
 
-def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected):
+def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected, counter=None):
     kept_by_module = []
     for attempt in range(6):
         chosen = plan(model, found, ratio, scope, criterion, round_to, max_ratio, seed)
         backup = _Backup()
         layers = apply(model, chosen, t.convs, t.attention, backup)
-        failure = _check(model, example_inputs, expected)
+        if counter is not None:
+            counter.macs = 0
+        failure = _check(model, example_inputs, expected, counter)
         if failure is None:
             return layers, kept_by_module
         backup.restore()

@@ -30,6 +30,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from prunekit.structured.macs import count_call
+
 __all__ = ["Trace", "trace"]
 
 FIXED = 0  # the slot every pinned slot joins
@@ -110,6 +112,7 @@ class Trace:
     attention: dict = field(default_factory=dict)  # weight fqn -> module fqn of an nn.MultiheadAttention
     ops: set = field(default_factory=set)
     splits: list = field(default_factory=list)  # (pieces x per-piece) id matrices of sized splits
+    macs: int = 0
     modes: dict = field(default_factory=dict)  # train (True/False) -> output shapes, for each mode that ran
 
     def new(self, count: int, key: int = -1) -> np.ndarray:
@@ -172,6 +175,7 @@ class _Labeller(TorchFunctionMode):
             self.buffers.setdefault(id(b), fqn)
         self.labels: dict[int, torch.Tensor] = {}
         self.keep: list = []
+        self.counting = True  # MACs of the eval-mode run (the same count as count_macs_params)
 
     # -- labels ----------------------------------------------------------------------------------
 
@@ -214,6 +218,8 @@ class _Labeller(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self.counting:
+            self.t.macs += count_call(func, args, kwargs, out)
         name = _name(func)
         if name in _IGNORE or name == "":
             return out
@@ -719,6 +725,7 @@ def trace(model: nn.Module, example_inputs) -> Trace:
                     t.pin(labeller.get(o), "model output")
             labeller.labels.clear()
             labeller.keep.clear()
+            labeller.counting = False
             t.modes[train] = [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
             seen = {fqn for fqn, _ in t.keys} | set(t.elements)
             if all(n in seen for n, _ in model.named_parameters()):

@@ -7,6 +7,7 @@ Example:
 """
 
 from prunekit import criteria, deploy, patterns, recipes, schedules, structured
+from prunekit.advise import Advice, advise
 from prunekit.bench import BenchmarkResult, Comparison, benchmark, compare
 from prunekit.criteria import Criterion, ScoreContext
 from prunekit.deploy.storage import SaveInfo, load, save
@@ -47,5 +48,7 @@ __all__ = [
     "deploy",
     "structured",
     "count_macs_params",
+    "advise",
+    "Advice",
     "__version__",
 ]

@@ -1,0 +1,329 @@
+"""The practitioner's decision matrix, measured on this machine.
+
+The usual advice (mobile: structured 30-50%; A100: 2:4; microcontroller: unstructured + int8;
+quick: one-shot magnitude) is a prior, not a measurement. :func:`advise` builds those candidates
+for the user's model, times each against the dense model in one process (interleaved, medians),
+writes each to disk to get its size, and scores its quality with the user's ``eval_fn`` (or, without
+one, the cosine similarity of its outputs to the dense model's on the example inputs). It reports a
+Pareto table and the matrix filled in with what it measured, within a time budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["advise", "Advice", "Candidate", "default_candidates"]
+
+
+@dataclass
+class Candidate:
+    """One way to make the model smaller/faster: ``build(model, example_inputs, threads)`` returns
+    ``(runnable, model_to_save, save_kind)`` where save_kind is ``"masks"``, ``"int8"`` or
+    ``"structured"``."""
+
+    name: str
+    method: str
+    sparsity: float
+    build: Callable[..., tuple[Any, nn.Module, str]]
+    scenario: str = ""
+
+
+def _linear_or_conv(m: nn.Module, fqn: str) -> bool:
+    return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+
+
+def _fits(pattern: str):
+    """Layers the pattern can tile: N:M and blocks need the input dimension to divide evenly."""
+    m = int(pattern.split(":")[1]) if pattern.count(":") == 1 and pattern[0].isdigit() else 1
+    cols = int(pattern.split("x")[1]) if pattern.startswith("block:") else 1
+    rows = int(pattern.split(":")[1].split("x")[0]) if pattern.startswith("block:") else 1
+    return lambda mod, fqn: _linear_or_conv(mod, fqn) and mod.weight.shape[1] % max(m, cols) == 0 \
+        and mod.weight.shape[0] % rows == 0
+
+
+def _masked(sparsity: float, pattern: str, int8: bool = False):
+    def build(model, example, threads):
+        import prunekit as pk
+        from prunekit.deploy import sparse_runtime
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pk.prune(model, sparsity, pattern=pattern, scope="global" if pattern == "unstructured" else "layer",
+                     include=_fits(pattern))
+        pk.finalize(model)
+        return sparse_runtime(model, example, threads=threads, int8=int8), model, "int8" if int8 else "masks"
+
+    return build
+
+
+def _structured(ratio: float, int8: bool = False):
+    def build(model, example, threads):
+        import prunekit as pk
+
+        pk.structured.prune_channels(model, example, ratio=ratio, round_to=8)
+        runnable = _dynamic_int8(model) if int8 else model
+        return runnable, model, "int8" if int8 else "structured"
+
+    return build
+
+
+def _dynamic_int8(model: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+
+def _int8_only(model, example, threads):
+    return _dynamic_int8(model), model, "int8"
+
+
+def default_candidates() -> list[Candidate]:
+    """The matrix's options, roughly from the most to the least often useful."""
+    return [
+        Candidate("structured 30%", "prune_channels(ratio=0.3)", 0.3, _structured(0.3), "mobile / any CPU, no sparse kernels"),
+        Candidate("unstructured 90% + sparse runtime", "prune 90% + sparse_runtime", 0.9, _masked(0.9, "unstructured"),
+                  "CPU with prunekit's runtime"),
+        Candidate("structured 50%", "prune_channels(ratio=0.5)", 0.5, _structured(0.5), "mobile / any CPU, no sparse kernels"),
+        Candidate("int8 dynamic (dense)", "quantize_dynamic(Linear)", 0.0, _int8_only, "CPU, quantization only"),
+        Candidate("unstructured 70% + sparse runtime", "prune 70% + sparse_runtime", 0.7, _masked(0.7, "unstructured"),
+                  "CPU with prunekit's runtime"),
+        Candidate("2:4", "prune 2:4 (+ sparse_runtime)", 0.5, _masked(0.5, "2:4"), "GPU with 2:4 tensor cores (A100/H100)"),
+        Candidate("unstructured 90% + int8", "prune 90% + sparse_runtime(int8=True)", 0.9,
+                  _masked(0.9, "unstructured", int8=True), "smallest file / microcontroller"),
+        Candidate("1x4 blocks 90% + sparse runtime", "prune block:1x4 90% + sparse_runtime", 0.9,
+                  _masked(0.9, "block:1x4"), "CPU with prunekit's runtime"),
+        Candidate("unstructured 95% + sparse runtime", "prune 95% + sparse_runtime", 0.95, _masked(0.95, "unstructured"),
+                  "CPU with prunekit's runtime"),
+        Candidate("structured 30% + int8", "prune_channels(0.3) + quantize_dynamic", 0.3, _structured(0.3, int8=True),
+                  "CPU, structured and quantized"),
+    ]
+
+
+@dataclass
+class Advice:
+    """What :func:`advise` measured. ``rows``: one dict per candidate (name, method, sparsity,
+    latency_ms, speedup, size_bytes, size_ratio, quality, pareto, seconds, error); ``matrix``: the
+    decision matrix filled with measurements; ``skipped``: candidates the budget left out."""
+
+    rows: list[dict]
+    dense: dict
+    quality_kind: str
+    threads: int
+    budget_s: float
+    elapsed_s: float
+    matrix: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __str__(self) -> str:
+        q = "eval_fn" if self.quality_kind == "eval_fn" else "output cosine to dense"
+        lines = [f"measured on this machine, {self.threads} threads, batch of the example inputs; quality = {q}",
+                 f"{'candidate':<38} {'ms':>8} {'speedup':>8} {'file':>7} {'quality':>8}  pareto",
+                 f"{'dense':<38} {self.dense['latency_ms']:>8.2f} {1:>7.2f}x {1:>6.2f}x {self.dense['quality']:>8.3f}"]
+        for r in self.rows:
+            if r.get("error"):
+                lines.append(f"{r['name']:<38} failed: {r['error'][:70]}")
+                continue
+            lines.append(f"{r['name']:<38} {r['latency_ms']:>8.2f} {r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x "
+                         f"{r['quality']:>8.3f}  {'*' if r['pareto'] else ''}")
+        if self.skipped:
+            lines.append(f"not measured (budget {self.budget_s:.0f} s): " + ", ".join(self.skipped))
+        lines.append("")
+        lines.append(f"{'scenario':<40} {'method':<38} {'target':>7}  measured here")
+        for m in self.matrix:
+            lines.append(f"{m['scenario']:<40} {m['method']:<38} {m['target']:>7}  {m['measured']}")
+        return "\n".join(lines)
+
+
+def _quality(model_or_fn, example, dense_out, eval_fn) -> float:
+    if eval_fn is not None:
+        return float(eval_fn(model_or_fn))
+    with torch.inference_mode():
+        out = _first(_call(model_or_fn, example))
+    a, b = out.reshape(out.shape[0], -1).float(), dense_out.reshape(dense_out.shape[0], -1).float()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
+
+
+def _call(fn, example):
+    if isinstance(example, dict):
+        return fn(**example)
+    if isinstance(example, (tuple, list)):
+        return fn(*example)
+    return fn(example)
+
+
+def _first(out):
+    from torch.utils._pytree import tree_flatten
+
+    return next(o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and o.is_floating_point())
+
+
+def _size(model: nn.Module, kind: str, folder: str) -> int:
+    import prunekit as pk
+
+    path = os.path.join(folder, f"{time.monotonic_ns()}.safetensors")
+    if kind == "structured":
+        pk.structured.save(model, path)
+    elif kind == "int8":
+        pk.save(model, path, quantize="int8", compress="lzma")
+    else:
+        pk.save(model, path)
+    size = os.path.getsize(path)
+    os.remove(path)
+    return size
+
+
+def _pareto(rows: list[dict]) -> None:
+    ok = [r for r in rows if not r.get("error")]
+    for r in ok:
+        r["pareto"] = not any(
+            o is not r and o["speedup"] >= r["speedup"] and o["size_ratio"] <= r["size_ratio"]
+            and o["quality"] >= r["quality"]
+            and (o["speedup"] > r["speedup"] or o["size_ratio"] < r["size_ratio"] or o["quality"] > r["quality"])
+            for o in ok)
+
+
+def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> list[dict]:
+    ok = [r for r in rows if not r.get("error")]
+    good = [r for r in ok if r["quality"] >= quality_floor]
+
+    def describe(r):
+        return f"{r['speedup']:.2f}x speed, {r['size_ratio']:.2f}x file, quality {r['quality']:.3f}"
+
+    out = []
+
+    def add(scenario, pool, key, note):
+        if not pool:
+            out.append({"scenario": scenario, "method": "-", "target": "-", "measured": f"nothing met the quality floor {quality_floor:.3f}",
+                        "notes": note})
+            return
+        best = max(pool, key=key)
+        out.append({"scenario": scenario, "method": best["name"], "target": f"{best['sparsity']:.0%}",
+                    "measured": describe(best), "notes": note})
+
+    add("this machine, fastest at acceptable quality", good, lambda r: r["speedup"], "measured here, interleaved with dense")
+    add("mobile / runtimes without sparse kernels", [r for r in good if r["name"].startswith("structured")],
+        lambda r: r["speedup"], "channels removed: any runtime gets the speed")
+    add("GPU with 2:4 tensor cores (A100/H100)", [r for r in ok if r["name"] == "2:4"], lambda r: r["quality"],
+        "quality measured here; the speed needs such a GPU (prunekit.deploy.semi_structured)")
+    add("microcontroller / smallest file", good, lambda r: -r["size_ratio"], "file size measured here")
+    add("quick win, no retraining", [r for r in good if "int8" in r["name"] or "structured 30%" == r["name"]],
+        lambda r: r["speedup"], "no data needed")
+    return out
+
+
+def advise(
+    model: nn.Module,
+    example_inputs: Any,
+    eval_fn: Callable[[Any], float] | None = None,
+    budget_s: float = 300.0,
+    threads: int | None = None,
+    candidates: list[Candidate] | None = None,
+    quality_floor: float | None = None,
+    rounds: int = 7,
+    progress: bool = True,
+) -> Advice:
+    """Build, time, size and score each candidate on this machine; return the measured matrix.
+
+    Changes nothing in ``model`` (every candidate works on a copy).
+
+    Args:
+        model: the dense model, in eval mode.
+        example_inputs: what it runs on in deployment (batch size and sequence length matter for speed).
+        eval_fn: ``eval_fn(model_or_callable) -> float``, higher is better (accuracy); called on the dense
+            model and every candidate. Without it, quality is the mean cosine similarity of each
+            candidate's outputs to the dense model's on ``example_inputs``.
+        budget_s: stop starting new candidates once this much time is spent (each takes seconds to a
+            minute: pruning, the sparse runtime's per-layer timing, the interleaved comparison).
+        threads: ``torch.set_num_threads`` for all measurements (default: the current setting).
+        candidates: the list to try (default :func:`default_candidates`).
+        quality_floor: candidates below it are not recommended (default: 0.99 x the dense quality
+            with ``eval_fn``, cosine 0.9 without).
+        rounds: timed rounds per comparison.
+        progress: show a progress bar (tqdm) per candidate.
+
+    Returns:
+        :class:`Advice`; ``print(advice)`` shows the Pareto table and the filled-in matrix.
+
+    Example:
+        >>> advice = prunekit.advise(model, torch.randn(1, 3, 224, 224), budget_s=300)
+        >>> print(advice); advice.to_json("advise.json")
+    """
+    import prunekit as pk
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or budget_s <= 0:
+        raise ValueError(f"budget_s={budget_s!r} must be a positive number of seconds, e.g. 300")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError("eval_fn must be a function (model) -> float, higher is better")
+    threads = threads or torch.get_num_threads()
+    candidates = default_candidates() if candidates is None else list(candidates)
+    start = time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        dense_out = _first(_call(model, example_inputs))
+    folder = tempfile.mkdtemp(prefix="prunekit-advise-")
+    dense_quality = _quality(model, example_inputs, dense_out, eval_fn)
+    dense_size = _size(model, "masks", folder)
+    floor = quality_floor if quality_floor is not None else (0.99 * dense_quality if eval_fn else 0.9)
+    rows, skipped, spent = [], [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(candidates), desc="advise", unit="candidate")
+    dense_ms = []
+    for cand in candidates:
+        elapsed = time.perf_counter() - start
+        expected = sum(spent) / len(spent) if spent else 0.0
+        if elapsed + expected > budget_s:
+            skipped.append(cand.name)
+            if bar:
+                bar.update(1)
+            continue
+        t0 = time.perf_counter()
+        row = {"name": cand.name, "method": cand.method, "sparsity": cand.sparsity, "scenario": cand.scenario}
+        try:
+            work = copy.deepcopy(model)
+            runnable, saved, kind = cand.build(work, example_inputs, threads)
+            result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, rounds=rounds, threads=threads)
+            dense_ms.append(result["dense"].median * 1e3)
+            row.update(latency_ms=result[cand.name].median * 1e3, speedup=result[cand.name].speedup,
+                       size_bytes=_size(saved, kind, folder), quality=_quality(runnable, example_inputs, dense_out, eval_fn))
+            row["size_ratio"] = row["size_bytes"] / dense_size
+        except Exception as e:  # a candidate that does not apply to this model is a result, not a crash
+            row["error"] = f"{type(e).__name__}: {e}"
+        row["seconds"] = time.perf_counter() - t0
+        spent.append(row["seconds"])
+        rows.append(row)
+        if bar:
+            bar.set_postfix_str(cand.name)
+            bar.update(1)
+    if bar:
+        bar.close()
+    _pareto(rows)
+    dense = {"latency_ms": sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan"),
+             "size_bytes": dense_size, "quality": dense_quality}
+    return Advice(rows=rows, dense=dense, quality_kind="eval_fn" if eval_fn else "cosine", threads=threads,
+                  budget_s=float(budget_s), elapsed_s=time.perf_counter() - start,
+                  matrix=_matrix(rows, dense_quality, floor), skipped=skipped)

@@ -1,0 +1,129 @@
+"""A self-contained HTML page (charts inline as PNG, also written beside it) for a pruned model or an
+advise run: per-layer sparsity, quality vs sparsity, latency vs sparsity, and the dense-vs-pruned table."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from typing import Any
+
+__all__ = ["write_report"]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _charts_for_layers(rows: list[tuple[str, float]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.22 * len(rows))))
+    names = [n for n, _ in rows][::-1]
+    ax.barh(names, [s * 100 for _, s in rows][::-1], color="#3b7dd8")
+    ax.set_xlabel("sparsity (% of weights that are zero)")
+    ax.set_xlim(0, 100)
+    ax.set_title("per-layer sparsity")
+    ax.tick_params(axis="y", labelsize=7)
+    data = _png(fig)
+    plt.close(fig)
+    return [("per_layer_sparsity", "Per-layer sparsity", data)]
+
+
+def _charts_for_advice(advice: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in advice["rows"] if not r.get("error")]
+    charts = []
+    for key, label, fname in (("quality", "quality (" + ("eval_fn" if advice["quality_kind"] == "eval_fn" else
+                                                      "output cosine to dense") + ")", "quality_vs_sparsity"),
+                              ("speedup", "speedup over dense (measured)", "latency_vs_sparsity")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.scatter([0.0], [advice["dense"]["quality"] if key == "quality" else 1.0], color="black", label="dense")
+        for r in ok:
+            ax.scatter([r["sparsity"] * 100], [r[key]], label=r["name"])
+        ax.set_xlabel("sparsity / channel ratio (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+        ax.set_title(label + " vs sparsity")
+        charts.append((fname, label.capitalize() + " vs sparsity", _png(fig)))
+        plt.close(fig)
+    return charts
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit report") -> list[str]:
+    """Write ``path`` (HTML, charts embedded) and one PNG per chart beside it; returns the files written.
+
+    Args:
+        source: a pruned ``nn.Module`` (per-layer sparsity chart and table), or an advise result
+            (:class:`prunekit.advise.Advice` or its JSON dict: quality and latency vs sparsity charts,
+            the dense-vs-candidates table and the filled-in decision matrix).
+        path: the ``.html`` file to write.
+    """
+    from torch import nn
+
+    from prunekit.report import sparsity_report
+
+    path = os.fspath(path)
+    if isinstance(source, nn.Module):
+        rep = sparsity_report(source)
+        layers = [(r.name, r.sparsity) for r in rep.rows if len(r.shape) >= 2]
+        charts = _charts_for_layers(layers)
+        tables = [("Dense vs pruned", _table(["", "parameters", "nonzeros", "sparsity"],
+                                             [["dense", f"{rep.numel:,}", f"{rep.numel:,}", "0.0%"],
+                                              ["pruned", f"{rep.numel:,}", f"{rep.nonzeros:,}", f"{rep.sparsity:.1%}"]])),
+                  ("Layers", _table(["tensor", "shape", "nonzeros", "sparsity"],
+                                    [[r.name, "x".join(map(str, r.shape)), f"{r.nonzeros:,}", f"{r.sparsity:.1%}"]
+                                     for r in rep.rows]))]
+    else:
+        advice = source.to_dict() if hasattr(source, "to_dict") else dict(source)
+        charts = _charts_for_advice(advice)
+        d = advice["dense"]
+        rows = [["dense", "-", "0%", f"{d['latency_ms']:.2f}", "1.00x", "1.00x", f"{d['quality']:.3f}", ""]]
+        for r in advice["rows"]:
+            if r.get("error"):
+                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", r["error"][:80]])
+            else:
+                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", f"{r['latency_ms']:.2f}",
+                             f"{r['speedup']:.2f}x", f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}",
+                             "Pareto" if r.get("pareto") else ""])
+        tables = [("Dense vs candidates (measured on this machine)",
+                   _table(["variant", "method", "sparsity", "latency ms", "speedup", "file", "quality", ""], rows)),
+                  ("Decision matrix, measured", _table(["scenario", "method", "target", "measured", "notes"],
+                                                       [[m["scenario"], m["method"], m["target"], m["measured"],
+                                                         m["notes"]] for m in advice["matrix"]]))]
+    written = []
+    stem = os.path.splitext(path)[0]
+    figures = []
+    for fname, caption, data in charts:
+        png = f"{stem}-{fname}.png"
+        with open(png, "wb") as f:
+            f.write(data)
+        written.append(png)
+        figures.append(f'<figure id="{fname}"><img alt="{html.escape(caption)}" '
+                       f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>'
+                       f"{html.escape(caption)}</figcaption></figure>")
+    sections = "".join(f"<h2>{html.escape(t)}</h2>{body}" for t, body in tables)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{''.join(figures)}{sections}</body></html>")
+    with open(path, "w") as f:
+        f.write(page)
+    return [path, *written]

@@ -1,0 +1,90 @@
+"""advise(): candidates built on copies, measured, sized and scored; Pareto flags and the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.advise import Candidate, default_candidates
+from tests.helpers import assert_unchanged, snapshot
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+
+
+def pick(*names):
+    return [c for c in default_candidates() if c.name in names]
+
+
+def test_measures_each_candidate_and_leaves_the_model_alone():
+    model = mlp()
+    before = snapshot(model)
+    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, rounds=3, progress=False,
+                       candidates=pick("structured 50%", "unstructured 90% + sparse runtime", "int8 dynamic (dense)"))
+    assert_unchanged(model, before)
+    assert sorted(r["name"] for r in advice.rows) == ["int8 dynamic (dense)", "structured 50%",
+                                                      "unstructured 90% + sparse runtime"]
+    rows = {r["name"]: r for r in advice.rows}
+    assert all(r["latency_ms"] > 0 and r["speedup"] > 0 for r in advice.rows)
+    assert rows["unstructured 90% + sparse runtime"]["size_ratio"] < 0.3  # bitmask + 10% of the values
+    assert rows["structured 50%"]["size_ratio"] < 0.6
+    assert advice.quality_kind == "cosine" and advice.dense["quality"] == pytest.approx(1.0)
+    assert all(-1 <= r["quality"] <= 1.0 + 1e-6 for r in advice.rows)
+    assert {m["scenario"] for m in advice.matrix} >= {"this machine, fastest at acceptable quality",
+                                                       "microcontroller / smallest file"}
+    assert "speedup" in str(advice) and advice.to_json()
+
+
+def test_pareto_flags_are_consistent():
+    advice = pk.advise(mlp(), torch.randn(4, 64), budget_s=600, threads=1, rounds=3, progress=False,
+                       candidates=pick("structured 30%", "structured 50%", "unstructured 70% + sparse runtime"))
+    ok = advice.rows
+    for r in ok:
+        dominated = any(o is not r and o["speedup"] >= r["speedup"] and o["size_ratio"] <= r["size_ratio"]
+                        and o["quality"] >= r["quality"] and (o["speedup"], o["size_ratio"], o["quality"])
+                        != (r["speedup"], r["size_ratio"], r["quality"]) for o in ok)
+        assert r["pareto"] == (not dominated)
+
+
+def test_eval_fn_is_the_quality():
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    calls = []
+
+    def accuracy(m):
+        calls.append(m)
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    advice = pk.advise(mlp(), x[:1], eval_fn=accuracy, budget_s=600, threads=1, rounds=3, progress=False,
+                       candidates=pick("structured 30%"))
+    assert advice.quality_kind == "eval_fn" and len(calls) == 2
+    assert advice.rows[0]["quality"] == accuracy(calls[1])
+
+
+def test_budget_stops_new_candidates():
+    slow = Candidate("slow", "sleep", 0.0, lambda m, x, t: (__import__("time").sleep(0.3) or m, m, "masks"))
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.5, threads=1, rounds=2, progress=False,
+                       candidates=[slow, slow, slow, slow])
+    assert len(advice.rows) < 4 and advice.skipped
+
+
+def test_a_candidate_that_fails_is_reported_not_raised():
+    def broken(model, x, threads):
+        raise RuntimeError("does not apply")
+
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=60, threads=1, rounds=2, progress=False,
+                       candidates=[Candidate("broken", "x", 0.5, broken)])
+    assert "does not apply" in advice.rows[0]["error"]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"budget_s": 0}, "budget_s=0"), ({"eval_fn": 3}, "eval_fn must be")])
+def test_bad_arguments(kwargs, match):
+    model = mlp()
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        pk.advise(model, torch.randn(1, 64), progress=False, **kwargs)
+    assert_unchanged(model, before)

@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sizes.py
 	$(BIN)/pip install -q -r requirements/bench.txt
 	$(BIN)/python bench/structured.py
+	$(BIN)/python bench/advise.py
 	$(BIN)/python examples/minilm_sparse.py
 	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py

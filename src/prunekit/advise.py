@@ -174,6 +174,8 @@ def _call(fn, example):
 def _first(out):
     from torch.utils._pytree import tree_flatten
 
+    if hasattr(out, "to_tuple"):  # Hugging Face ModelOutput
+        out = out.to_tuple()
     return next(o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and o.is_floating_point())
 
 
@@ -203,30 +205,36 @@ def _pareto(rows: list[dict]) -> None:
 
 
 def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> list[dict]:
+    """The seed's matrix (scenario -> method), filled with the best measured candidate for each.
+
+    Within a scenario the pick is the best candidate at or above the quality floor; when none reaches
+    it, the best-quality one (marked: one-shot quality, recover it with fine-tuning).
+    """
     ok = [r for r in rows if not r.get("error")]
-    good = [r for r in ok if r["quality"] >= quality_floor]
-
-    def describe(r):
-        return f"{r['speedup']:.2f}x speed, {r['size_ratio']:.2f}x file, quality {r['quality']:.3f}"
-
     out = []
 
     def add(scenario, pool, key, note):
+        good = [r for r in pool if r["quality"] >= quality_floor]
         if not pool:
-            out.append({"scenario": scenario, "method": "-", "target": "-", "measured": f"nothing met the quality floor {quality_floor:.3f}",
+            out.append({"scenario": scenario, "method": "-", "target": "-", "measured": "no candidate measured",
                         "notes": note})
             return
-        best = max(pool, key=key)
+        best = max(good, key=key) if good else max(pool, key=lambda r: (r["quality"], r["speedup"]))
+        measured = f"{best['speedup']:.2f}x speed, {best['size_ratio']:.2f}x file, quality {best['quality']:.3f}"
+        if not good:
+            measured += f" (below the floor {quality_floor:.3f}: fine-tune to recover, e.g. prunekit.Pruner)"
         out.append({"scenario": scenario, "method": best["name"], "target": f"{best['sparsity']:.0%}",
-                    "measured": describe(best), "notes": note})
+                    "measured": measured, "notes": note})
 
-    add("this machine, fastest at acceptable quality", good, lambda r: r["speedup"], "measured here, interleaved with dense")
-    add("mobile / runtimes without sparse kernels", [r for r in good if r["name"].startswith("structured")],
+    faster = [r for r in ok if r["speedup"] > 1.0]
+    add("this machine, fastest at acceptable quality", faster, lambda r: r["speedup"],
+        "measured here, interleaved with dense")
+    add("mobile / runtimes without sparse kernels", [r for r in ok if r["name"].startswith("structured")],
         lambda r: r["speedup"], "channels removed: any runtime gets the speed")
     add("GPU with 2:4 tensor cores (A100/H100)", [r for r in ok if r["name"] == "2:4"], lambda r: r["quality"],
         "quality measured here; the speed needs such a GPU (prunekit.deploy.semi_structured)")
-    add("microcontroller / smallest file", good, lambda r: -r["size_ratio"], "file size measured here")
-    add("quick win, no retraining", [r for r in good if "int8" in r["name"] or "structured 30%" == r["name"]],
+    add("microcontroller / smallest file", ok, lambda r: -r["size_ratio"], "file size measured here")
+    add("quick win, no retraining", [r for r in faster if "int8" in r["name"] or r["name"] == "structured 30%"],
         lambda r: r["speedup"], "no data needed")
     return out
 

@@ -112,7 +112,7 @@ def default_candidates() -> list[Candidate]:
 @dataclass
 class Advice:
     """What :func:`advise` measured. ``rows``: one dict per candidate (name, method, sparsity,
-    latency_ms, speedup, size_bytes, size_ratio, quality, pareto, seconds, error); ``matrix``: the
+    latency_ms, items_per_s, speedup, size_bytes, size_ratio, quality, pareto, seconds, error); ``matrix``: the
     decision matrix filled with measurements; ``skipped``: candidates the budget left out."""
 
     rows: list[dict]
@@ -291,6 +291,9 @@ def advise(
     with torch.inference_mode():
         dense_out = _first(_call(model, example_inputs))
     folder = tempfile.mkdtemp(prefix="prunekit-advise-")
+    from torch.utils._pytree import tree_flatten
+
+    batch = next(int(t.shape[0]) for t in tree_flatten(example_inputs)[0] if isinstance(t, torch.Tensor) and t.dim())
     dense_quality = _quality(model, example_inputs, dense_out, eval_fn)
     dense_size = _size(model, "masks", folder)
     floor = quality_floor if quality_floor is not None else (0.99 * dense_quality if eval_fn else 0.9)
@@ -319,6 +322,7 @@ def advise(
             row.update(latency_ms=result[cand.name].median * 1e3, speedup=result[cand.name].speedup,
                        size_bytes=_size(saved, kind, folder), quality=_quality(runnable, example_inputs, dense_out, eval_fn))
             row["size_ratio"] = row["size_bytes"] / dense_size
+            row["items_per_s"] = batch / (row["latency_ms"] / 1e3)
         except Exception as e:  # a candidate that does not apply to this model is a result, not a crash
             row["error"] = f"{type(e).__name__}: {e}"
         row["seconds"] = time.perf_counter() - t0
@@ -330,7 +334,8 @@ def advise(
     if bar:
         bar.close()
     _pareto(rows)
-    dense = {"latency_ms": sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan"),
+    dense_latency = sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan")
+    dense = {"latency_ms": dense_latency, "items_per_s": batch / (dense_latency / 1e3),
              "size_bytes": dense_size, "quality": dense_quality}
     return Advice(rows=rows, dense=dense, quality_kind="eval_fn" if eval_fn else "cosine", threads=threads,
                   budget_s=float(budget_s), elapsed_s=time.perf_counter() - start,

@@ -74,14 +74,16 @@ def sentences(seed: int = 0) -> list[str]:
 def _source_docstrings(packages):
     """Docstrings read with ``ast`` from installed packages' source files (nothing is imported)."""
     import ast
-    import importlib.util
     import pathlib
+    import sysconfig
 
+    # Folders are found on disk, not with importlib.util.find_spec: asking setuptools' distutils shim
+    # for "pip" switches the shim off, and torch.utils.cpp_extension then fails to import setuptools.
+    site = pathlib.Path(sysconfig.get_paths()["purelib"])
     for name in packages:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
+        if not (site / name).is_dir():
             continue
-        for root in spec.submodule_search_locations:
+        for root in [site / name]:
             for path in sorted(pathlib.Path(root).rglob("*.py")):
                 if "test" in path.parts[-2:] or path.name.startswith("test"):
                     continue

@@ -105,6 +105,7 @@ def main() -> None:
     for name, dense, example, round_to in models():
         macs0, params0 = pk.count_macs_params(dense, example)
         variants = {"dense PyTorch": dense, "dense ONNX Runtime": onnx_path(dense, example, tmp, "dense")}
+        print(name, "dense exported", flush=True)
         info = {}
         for ratio in RATIOS:
             ours = copy.deepcopy(dense)
@@ -116,7 +117,10 @@ def main() -> None:
             info[("prunekit", ratio)] = {"seconds": seconds, "macs": macs, "params": params,
                                          "kept_by_module": report.kept_by_module}
             variants[f"prunekit {ratio} PyTorch"] = ours
-            variants[f"prunekit {ratio} ONNX Runtime"] = onnx_path(ours, example, tmp, f"pk{ratio}")
+            try:
+                variants[f"prunekit {ratio} ONNX Runtime"] = onnx_path(ours, example, tmp, f"pk{ratio}")
+            except Exception as e:
+                info[("prunekit", ratio)]["onnx_error"] = str(e)[:120]
             peer, error = torch_pruning(dense, example, ratio, round_to)
             if peer is None:
                 info[("Torch-Pruning", ratio)] = {"error": error}

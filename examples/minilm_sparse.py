@@ -105,7 +105,7 @@ def recover(student, teacher, tok, texts, pattern, sparsity, steps, batch_size, 
         sched.step()
         pruner.step()
         if step % log_every == 0 or step == steps - 1:
-            log.append({"step": step, "loss": float(loss), "cos": float(cos.mean()),
+            log.append({"step": step, "loss": float(loss.detach()), "cos": float(cos.detach().mean()),
                         "sparsity": encoder_sparsity(student),
                         "seconds": time.perf_counter() - t0})
             print(json.dumps(log[-1]), flush=True)

@@ -6,7 +6,7 @@ The recipe, on the real pretrained all-MiniLM-L6-v2 loaded offline:
    dense in bench/results/oneshot.md), or start from dense with ``--start dense``;
 2. gradual pruning of the encoder's Linear weights to the target (80%, 90%, 2:4, 1x4 blocks) with
    :class:`prunekit.Pruner` and a cubic polynomial-decay schedule, while distilling from the dense
-   model: loss = (1 - cosine) between pruned and dense sentence embeddings + the MSE between their
+   model: loss = 4 x (1 - cosine) between pruned and dense sentence embeddings + the MSE between their
    hidden states after every layer (each scaled by the dense layer's variance), AdamW;
 3. finalize, ``prunekit.deploy.sparse_runtime``, and one interleaved timing run against dense
    PyTorch and dense ONNX Runtime at batch 1 x 128 and 8 x 128 tokens, 2 threads.

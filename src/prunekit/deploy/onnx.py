@@ -109,15 +109,18 @@ def export_onnx(
     was_training = model.training
     model.eval()
     target = path if quantize is None else os.path.join(tempfile.mkdtemp(prefix="prunekit-onnx-"), "fp32.onnx")
-    fastpath = torch.backends.mha.get_fastpath_enabled()
+    mha = getattr(torch.backends, "mha", None)
+    switch = hasattr(mha, "set_fastpath_enabled")
+    fastpath = mha.get_fastpath_enabled() if switch else None
     try:
-        # nn.MultiheadAttention's eval fast path is one fused op that the ONNX exporter cannot write
-        torch.backends.mha.set_fastpath_enabled(False)
+        if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
+            mha.set_fastpath_enabled(False)
         with torch.no_grad():
             torch.onnx.export(model, inputs, target, input_names=names, output_names=["output"],
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        if switch:
+            mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -39,3 +39,22 @@ def test_export_rejects_bad_options(tmp_path):
         export_onnx(_lenet(), torch.randn(1, 784), tmp_path / "m.onnx", quantize="int4")
     with pytest.raises(ValueError, match="needs calibration"):
         export_onnx(_lenet(), torch.randn(1, 784), tmp_path / "m.onnx", quantize="int8-static")
+
+
+def test_exports_multihead_attention_in_eval_mode(tmp_path):
+    """nn.MultiheadAttention's fused eval fast path has no ONNX form; export must not take it."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime as ort
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    from prunekit.deploy import export_onnx
+
+    torch.manual_seed(0)
+    block = EncoderBlock(4, 32, 64, 0.0, 0.0).eval()
+    x = torch.randn(1, 5, 32)
+    info = export_onnx(block, x, tmp_path / "block.onnx")
+    session = ort.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, block(x).numpy(), rtol=1e-4, atol=1e-5)

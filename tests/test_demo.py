@@ -20,7 +20,7 @@ def result(tmp_path_factory):
 
 
 def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
-    dense, pruned, runtime = result["rows"]
+    dense, pruned, runtime, _ = result["rows"]
     assert runtime["accuracy"] == pytest.approx(pruned["accuracy"], abs=0.002)  # same weights, other kernels
     assert result["weight_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert pruned["nonzeros"] < 0.12 * dense["nonzeros"]
@@ -29,6 +29,17 @@ def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
     assert pruned["latency_ms"] > 0 and dense["speedup"] == 1.0
     targets = [r["target"] for r in result["pruner_log"]]
     assert len(targets) > 3 and targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
+
+
+def test_demo_shows_a_structurally_pruned_variant_that_reloads(result):
+    dense, _, _, channels = result["rows"]
+    assert channels["model"] == "channels removed 50%"
+    assert channels["params"] < 0.4 * dense["params"] and channels["file_bytes"] < 0.4 * dense["file_bytes"]
+    assert channels["accuracy"] > 0.8 and channels["latency_ms"] > 0
+    _, _, xte, yte = load_digits(0, 1500)
+    model = pk.structured.load(SmallCNN(), result["paths"]["channels"])
+    assert accuracy(model, xte, yte) == pytest.approx(channels["accuracy"])
+    assert sum(p.numel() for p in model.parameters()) == channels["params"]
 
 
 def test_demo_file_reloads_into_a_fresh_model_with_same_accuracy_and_zeros(result):

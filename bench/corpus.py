@@ -58,10 +58,10 @@ def _prose(doc: str):
                 yield sent
 
 
-def sentences(seed: int = 0) -> list[str]:
-    """De-duplicated prose sentences, shuffled with ``seed``."""
-    seen, out = set(), []
-    for doc in _docstrings():
+def _collect(docs, seed: int, exclude=()) -> list[str]:
+    """De-duplicated (case-insensitive) prose sentences of ``docs``, none in ``exclude``, shuffled with ``seed``."""
+    seen, out = {s.lower() for s in exclude}, []
+    for doc in docs:
         for sent in _prose(doc):
             if sent.lower() not in seen:
                 seen.add(sent.lower())
@@ -69,6 +69,11 @@ def sentences(seed: int = 0) -> list[str]:
     out.sort()
     random.Random(seed).shuffle(out)
     return out
+
+
+def sentences(seed: int = 0) -> list[str]:
+    """De-duplicated prose sentences of the standard library's docstrings, shuffled with ``seed``."""
+    return _collect(_docstrings(), seed)
 
 
 def _source_docstrings(packages):
@@ -106,16 +111,7 @@ def training_sentences(exclude=(), seed: int = 0, packages=TRAIN_PACKAGES) -> li
     Sentences in ``exclude`` (case-insensitive) are left out, so a held-out set from :func:`sentences`
     stays unseen.
     """
-    seen = {s.lower() for s in exclude}
-    out = []
-    for doc in _source_docstrings(packages):
-        for sent in _prose(doc):
-            if sent.lower() not in seen:
-                seen.add(sent.lower())
-                out.append(sent)
-    out.sort()
-    random.Random(seed).shuffle(out)
-    return out
+    return _collect(_source_docstrings(packages), seed, exclude)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,13 @@ import torchvision  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from sparse_runtime import Encoder  # noqa: E402
+
 import prunekit as pk  # noqa: E402
 from prunekit.deploy import export_onnx  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RATIOS = (0.3, 0.5)
-
-
-class Encoder(torch.nn.Module):
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask):
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def models():

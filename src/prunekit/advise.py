@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from prunekit.bench import _call, _first_tensor
+
 __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
 
 
@@ -158,25 +160,9 @@ def _quality(model_or_fn, example, dense_out, eval_fn) -> float:
     if eval_fn is not None:
         return float(eval_fn(model_or_fn))
     with torch.inference_mode():
-        out = _first(_call(model_or_fn, example))
+        out = _first_tensor(_call(model_or_fn, example))
     a, b = out.reshape(out.shape[0], -1).float(), dense_out.reshape(dense_out.shape[0], -1).float()
     return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
-
-
-def _call(fn, example):
-    if isinstance(example, dict):
-        return fn(**example)
-    if isinstance(example, (tuple, list)):
-        return fn(*example)
-    return fn(example)
-
-
-def _first(out):
-    from torch.utils._pytree import tree_flatten
-
-    if hasattr(out, "to_tuple"):  # Hugging Face ModelOutput
-        out = out.to_tuple()
-    return next(o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and o.is_floating_point())
 
 
 def _size(model: nn.Module, kind: str, folder: str) -> int:
@@ -289,7 +275,7 @@ def advise(
     start = time.perf_counter()
     model.eval()
     with torch.inference_mode():
-        dense_out = _first(_call(model, example_inputs))
+        dense_out = _first_tensor(_call(model, example_inputs))
     folder = tempfile.mkdtemp(prefix="prunekit-advise-")
     from torch.utils._pytree import tree_flatten
 

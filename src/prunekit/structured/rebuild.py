@@ -200,7 +200,7 @@ def _holders(model: nn.Module):
                 yield (f"{mname}.{n}" if mname else n), m, n, False
 
 
-def apply(model: nn.Module, chosen, convs: dict, attention: dict, backup: _Backup) -> list:
+def apply(model: nn.Module, chosen, convs: dict, backup: _Backup) -> list:
     removed: dict[tuple[str, int], set] = {}
     for g, units in chosen:
         for key, idx in g.index.items():
@@ -230,7 +230,7 @@ def apply(model: nn.Module, chosen, convs: dict, attention: dict, backup: _Backu
             (hm._parameters if hp else hm._buffers)[hn] = new
         changes.append((fqn, tuple(old.shape), tuple(new.shape)))
         old_shapes[fqn] = tuple(old.shape)
-    _update_attributes(model, convs, attention, chosen, old_shapes, backup)
+    _update_attributes(model, convs, chosen, old_shapes, backup)
     return changes
 
 
@@ -239,7 +239,7 @@ def _set(backup, obj, name, value):
     object.__setattr__(obj, name, value)
 
 
-def _update_attributes(model, convs, attention, chosen, old_shapes, backup) -> None:
+def _update_attributes(model, convs, chosen, old_shapes, backup) -> None:
     for mname, m in model.named_modules():
         prefix = f"{mname}." if mname else ""
         w = getattr(m, "weight", None) if isinstance(getattr(m, "weight", None), torch.Tensor) else None
@@ -443,9 +443,6 @@ def prune_channels(
     layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected,
                           counter)
     macs1, params1 = counter.macs, sum(p.numel() for p in model.parameters())
-    counts = {}
-    for fqn, _, after in layers:
-        counts[fqn] = after
     return StructuredReport(macs=(macs0, macs1), params=(params0, params1), layers=layers,
                             groups=[(g, len(g)) for g in found], criterion=getattr(criterion, "__name__", str(criterion)),
                             scope=scope, ratio=float(ratio), kept_by_module=kept)
@@ -456,7 +453,7 @@ def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, m
     for attempt in range(6):
         chosen = plan(model, found, ratio, scope, criterion, round_to, max_ratio, seed)
         backup = _Backup()
-        layers = apply(model, chosen, t.convs, t.attention, backup)
+        layers = apply(model, chosen, t.convs, backup)
         if counter is not None:
             counter.macs = 0
         failure = _check(model, example_inputs, expected, counter)
@@ -494,7 +491,7 @@ def _search(model, example_inputs, found, t, criterion, scope, round_to, max_rat
         mid = (lo + hi) / 2
         trial = copy.deepcopy(model)
         chosen = plan(trial, found, mid, scope, criterion, round_to, max_ratio, seed)
-        apply(trial, chosen, t.convs, t.attention, _Backup())
+        apply(trial, chosen, t.convs, _Backup())
         try:
             got = measure(trial)
         except Exception:

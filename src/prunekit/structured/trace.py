@@ -110,7 +110,6 @@ class Trace:
     pins: list = field(default_factory=list)  # (ids, reason)
     convs: dict = field(default_factory=dict)  # weight fqn -> {"groups", "depthwise", "transposed"}
     attention: dict = field(default_factory=dict)  # weight fqn -> module fqn of an nn.MultiheadAttention
-    ops: set = field(default_factory=set)
     splits: list = field(default_factory=list)  # (pieces x per-piece) id matrices of sized splits
     macs: int = 0
     modes: dict = field(default_factory=dict)  # train (True/False) -> output shapes, for each mode that ran
@@ -227,7 +226,6 @@ class _Labeller(TorchFunctionMode):
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         if not any(self.labelled(a) for a in tensors):
             return out
-        self.t.ops.add(name)
         try:
             rule = getattr(self, "rule_" + name, None)
             if rule is not None:

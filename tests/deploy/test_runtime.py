@@ -39,6 +39,43 @@ def test_sparse_linear_matches_dense_for_random_shapes(out_f, in_f, tokens, lead
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
 
 
+def _tiles(module):
+    return (8, 16, 32) if module.isa() == "avx512" else (8, 16)
+
+
+def _check_every_tile(module, out_f, in_f, tokens, sparsity, seed):
+    lin = _sparse_linear(out_f, in_f, sparsity, seed)
+    sparse = SparseLinear(lin, module)
+    x = torch.randn(tokens, in_f, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = lin(x)
+    for tile in _tiles(module):
+        out = module.spmm_tiles(sparse.chunks, sparse.indptr, sparse.indices, sparse.values, x, sparse.bias, tile)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max()))), tile
+
+
+@needs_kernels
+@settings(max_examples=15, deadline=None)
+@given(out_f=st.integers(1, 300), in_f=st.integers(1, 200), tokens=st.integers(2, 100),
+       sparsity=st.sampled_from([0.5, 0.9, 0.97]), seed=st.integers(0, 50))
+def test_every_tile_of_this_build_matches_dense(out_f, in_f, tokens, sparsity, seed):
+    # sizes past the serial threshold run on the thread pool; odd sizes hit the partial-tile and
+    # partial-16-row edges of the register transposes
+    _check_every_tile(kernels, out_f, in_f, tokens, sparsity, seed)
+
+
+@needs_kernels
+def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_KERNELS", "portable")
+    portable = load()
+    assert portable is not None and portable.isa() == "portable" and _tiles(portable) == (8, 16)
+    for out_f, in_f, tokens, seed in [(384, 384, 128, 0), (37, 91, 19, 1), (300, 64, 3, 2)]:
+        _check_every_tile(portable, out_f, in_f, tokens, 0.9, seed)
+    monkeypatch.setenv("PRUNEKIT_KERNELS", "avx2")
+    with pytest.raises(ValueError, match="PRUNEKIT_KERNELS='avx2'.*portable"):
+        load()
+
+
 @needs_kernels
 def test_runtime_measures_each_layer_and_keeps_outputs(tmp_path):
     torch.manual_seed(0)

@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.deploy import SparseLinear, semi_structured, sparse_runtime
+from prunekit.deploy import SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime
 from prunekit.deploy.kernels import load
 
 kernels = load()
 needs_kernels = pytest.mark.skipif(kernels is None, reason="C++ kernels could not be built here")
+needs_vnni = pytest.mark.skipif(kernels is None or not kernels.has_vnni(), reason="no AVX-512 VNNI on this CPU")
 
 
 def _sparse_linear(out_f, in_f, sparsity, seed=0, bias=True):
@@ -71,6 +72,9 @@ def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch)
     assert portable is not None and portable.isa() == "portable" and _tiles(portable) == (8, 16)
     for out_f, in_f, tokens, seed in [(384, 384, 128, 0), (37, 91, 19, 1), (300, 64, 3, 2)]:
         _check_every_tile(portable, out_f, in_f, tokens, 0.9, seed)
+    assert not portable.has_vnni()
+    with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
+        SparseLinearInt8(_sparse_linear(8, 8, 0.5), portable)
     monkeypatch.setenv("PRUNEKIT_KERNELS", "avx2")
     with pytest.raises(ValueError, match="PRUNEKIT_KERNELS='avx2'.*portable"):
         load()
@@ -135,12 +139,67 @@ def test_int8_option_measures_a_third_kernel_and_keeps_zeros():
     rows = {r["name"]: r for r in fast.runtime_report.rows}
     assert rows["0"]["int8_us"] > 0 and rows["2"]["int8_us"] > 0 and rows["2"]["sparse_us"] is None
     for name, r in rows.items():
-        times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8") if r[f"{k}_us"] is not None}
+        times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8", "sparse_int8") if r[f"{k}_us"] is not None}
         assert r["choice"] == min(times, key=times.get)
         layer = fast.get_submodule(name)
+        if r["choice"] == "sparse_int8":
+            assert bool((layer.int8_weight()[model.get_submodule(name).weight.detach() == 0] == 0).all())
         if r["choice"] == "int8":
             q = layer.weight().int_repr()
             assert bool((q[model.get_submodule(name).weight.detach() == 0] == 0).all())  # zeros stay zero
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+def _int8_reference(lin, x):
+    """The same arithmetic as the VNNI kernel, in PyTorch: per-row int8 weights, per-token int8 inputs."""
+    w = lin.weight.detach()
+    ws = w.abs().amax(1) / 127
+    ws = torch.where(ws > 0, ws, torch.ones_like(ws))
+    wq = (w / ws[:, None]).round().clamp(-127, 127)
+    xs = x.abs().amax(1) / 127
+    xs = torch.where(xs > 0, xs, torch.ones_like(xs))
+    xq = (x * (1 / xs)[:, None]).round()
+    y = (xq.double() @ wq.double().T).float() * ws * xs[:, None]
+    return y + lin.bias.detach() if lin.bias is not None else y
+
+
+@needs_vnni
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 200), groups=st.integers(1, 60), extra=st.integers(0, 3), tokens=st.integers(1, 80),
+       pattern=st.sampled_from(["unstructured", "block:1x4"]), sparsity=st.sampled_from([0.5, 0.9]),
+       bias=st.booleans(), seed=st.integers(0, 50))
+def test_sparse_int8_equals_int8_arithmetic_and_keeps_zeros(out_f, groups, extra, tokens, pattern, sparsity, bias, seed):
+    in_f = groups * 4 + (extra if pattern == "unstructured" else 0)
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    pk.prune(lin, sparsity, pattern=pattern)
+    pk.finalize(lin)
+    layer = SparseLinearInt8(lin, kernels)
+    q = layer.int8_weight()
+    assert q.shape == lin.weight.shape and bool((q[lin.weight == 0] == 0).all())  # zeros stay zero
+    x = torch.randn(tokens, in_f, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        out, ref = layer(x), _int8_reference(lin, x)
+        dense = lin(x)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
+    assert float((out - dense).abs().max()) <= 0.05 * max(1e-3, float(dense.abs().max()))
+
+
+@needs_vnni
+def test_int8_runtime_measures_the_sparse_int8_kernel_on_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384)).eval()
+    pk.prune(model, 0.9, pattern="block:1x4")
+    x = torch.randn(128, 384)
+    fast = sparse_runtime(model, x, threads=2, rounds=3, int8=True)
+    for r in fast.runtime_report.rows:
+        times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8", "sparse_int8")}
+        assert all(t > 0 for t in times.values())
+        assert r["choice"] == min(times, key=times.get)
+        assert (type(fast.get_submodule(r["name"])) is SparseLinearInt8) == (r["choice"] == "sparse_int8")
+    assert "sp.int8 us" in str(fast.runtime_report)
     with torch.no_grad():
         ref, out = model(x), fast(x)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05

@@ -29,7 +29,7 @@ from prunekit.bench import _call
 from prunekit.deploy.kernels import load
 from prunekit.masks import finalize, masks
 
-__all__ = ["SparseLinear", "sparse_runtime", "RuntimeReport", "semi_structured"]
+__all__ = ["SparseLinear", "SparseLinearInt8", "sparse_runtime", "RuntimeReport", "semi_structured"]
 
 
 def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
@@ -85,11 +85,69 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)"
 
 
+class SparseLinearInt8(nn.Module):
+    """A sparse Linear layer in int8, run by prunekit's AVX-512 VNNI kernel (inference only).
+
+    Weights are quantized symmetrically with one scale per output row and kept in groups of 4
+    consecutive input columns (a ``block:1x4`` pattern fills every kept group; unstructured rows keep
+    each group holding a nonzero, zeros inside). Activations are quantized per token at run time.
+    Lossy like any int8 path (about 1% relative error per layer); zeros stay zero.
+
+    Args:
+        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
+        kernels: the compiled kernel module; ``kernels.has_vnni()`` must be true.
+        chunks_per_thread: work units per thread for load balance.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
+        super().__init__()
+        if not kernels.has_vnni():
+            raise RuntimeError("SparseLinearInt8 needs a CPU with AVX-512 VNNI and the AVX-512 kernel build")
+        w = linear.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"SparseLinearInt8 needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        groups = (self.in_features + 3) // 4
+        scale = w.abs().amax(1) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.zeros(self.out_features, groups * 4, dtype=torch.int8)
+        q[:, : self.in_features] = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        q = q.reshape(self.out_features, groups, 4)
+        keep = (q != 0).any(-1)
+        self.register_buffer("indptr", torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]))
+        self.register_buffer("groups", keep.nonzero()[:, 1].to(torch.int32).contiguous())
+        self.register_buffer("packed", q[keep].contiguous().view(torch.int32).reshape(-1))  # 4 int8 per int32
+        self.register_buffer("row_sums", q.sum((1, 2), dtype=torch.int32))
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+        self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
+        self._k = kernels
+
+    def int8_weight(self) -> torch.Tensor:
+        """The quantized weight as a dense int8 ``(out, in)`` tensor (for checks and counting)."""
+        q = torch.zeros(self.out_features, (self.in_features + 3) // 4, 4, dtype=torch.int8)
+        rows = torch.repeat_interleave(torch.arange(self.out_features), self.indptr.diff())
+        q[rows, self.groups.long()] = self.packed.view(torch.int8).reshape(-1, 4)
+        return q.reshape(self.out_features, -1)[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("SparseLinearInt8 is inference-only; run under torch.no_grad() or use the dense model to train")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float().contiguous()
+        y = self._k.spmm_int8(self.chunks, self.indptr, self.groups, self.packed, self.row_sums, self.scale, x2, self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"groups_of_4={int(self.groups.numel())}, int8 (VNNI)")
+
+
 @dataclass
 class RuntimeReport:
     """Per Linear layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` /
-    ``int8_us`` (median per call), ``choice`` (``"dense"``, ``"sparse"`` or ``"int8"``), ``sparse``
-    and ``reason``. ``fraction_sparse``: share of the Linear weights that now run sparse."""
+    ``int8_us`` / ``sparse_int8_us`` (median per call), ``choice`` (``"dense"``, ``"sparse"``,
+    ``"int8"`` or ``"sparse_int8"``), ``sparse`` (runs a sparse kernel) and ``reason``. ``fraction_sparse``: share of the Linear weights that now run sparse."""
 
     rows: list[dict] = field(default_factory=list)
 
@@ -99,10 +157,12 @@ class RuntimeReport:
         return sum(r["weights"] for r in self.rows if r["sparse"]) / total if total else 0.0
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<48} {'sparsity':>8} {'tokens':>6} {'dense us':>9} {'sparse us':>9} {'int8 us':>8}  choice"]
+        lines = [f"{'layer':<48} {'sparsity':>8} {'tokens':>6} {'dense us':>9} {'sparse us':>9} {'int8 us':>8} "
+                 f"{'sp.int8 us':>10}  choice"]
         for r in self.rows:
-            d, s, q = ("-" if r[k] is None else f"{r[k]:.1f}" for k in ("dense_us", "sparse_us", "int8_us"))
-            lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9} {q:>8}  "
+            d, s, q, sq = ("-" if r.get(k) is None else f"{r[k]:.1f}"
+                           for k in ("dense_us", "sparse_us", "int8_us", "sparse_int8_us"))
+            lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9} {q:>8} {sq:>10}  "
                          f"{r['choice']} ({r['reason']})")
         lines.append(f"{self.fraction_sparse:.1%} of Linear weights run sparse")
         return "\n".join(lines)
@@ -135,8 +195,10 @@ def sparse_runtime(
         rounds: timing rounds per layer (dense and sparse interleaved, median).
         threads: ``torch.set_num_threads`` during the measurement (use what you will deploy with).
         inplace: change ``model`` itself instead of a copy.
-        int8: also try PyTorch's dynamic int8 Linear (fbgemm) for every float32 Linear and keep it where
-            it measures fastest. Lossy (about 1-2% relative error per layer); zeros stay zero.
+        int8: also try PyTorch's dynamic int8 Linear (fbgemm) for every float32 Linear and, for sparse
+            layers on CPUs with AVX-512 VNNI, prunekit's sparse int8 kernel (:class:`SparseLinearInt8`;
+            fastest on ``block:1x4`` weights), and keep whichever measures fastest. Lossy (about 1-2%
+            relative error per layer); zeros stay zero.
 
     Returns:
         the model (a copy unless ``inplace``) with ``runtime_report`` (:class:`RuntimeReport`).
@@ -161,7 +223,8 @@ def sparse_runtime(
         w = m.weight.detach()
         sparsity = 1 - int(torch.count_nonzero(w)) / w.numel()
         row = {"name": name, "sparsity": sparsity, "weights": w.numel(), "tokens": 0, "dense_us": None,
-               "sparse_us": None, "int8_us": None, "choice": "dense", "sparse": False, "reason": ""}
+               "sparse_us": None, "int8_us": None, "sparse_int8_us": None, "choice": "dense", "sparse": False,
+               "reason": ""}
         report.rows.append(row)
         if w.dtype != torch.float32 or w.device.type != "cpu":
             row["reason"] = f"{w.dtype} on {w.device}: the CPU kernels take float32"
@@ -186,6 +249,8 @@ def sparse_runtime(
                         row["reason"] = "kernels could not be built here"
                     else:
                         options["sparse"] = SparseLinear(m, kernels)
+                        if int8 and kernels.has_vnni():
+                            options["sparse_int8"] = SparseLinearInt8(m, kernels)
                 if int8:
                     quantized = _dynamic_int8(m)
                     if quantized is not None:
@@ -194,7 +259,7 @@ def sparse_runtime(
                     continue
                 if example_inputs is None:
                     choice = "sparse" if "sparse" in options else "int8"
-                    row.update(choice=choice, sparse=choice == "sparse", reason="not measured (no example_inputs)")
+                    row.update(choice=choice, sparse=choice.startswith("sparse"), reason="not measured (no example_inputs)")
                 elif name not in shapes:
                     row["reason"] = "not called by forward on example_inputs"
                     continue
@@ -212,7 +277,7 @@ def sparse_runtime(
                     for k, t in times.items():
                         row[f"{k}_us"] = t * 1e6
                     choice = min(times, key=times.get)
-                    row.update(choice=choice, sparse=choice == "sparse")
+                    row.update(choice=choice, sparse=choice.startswith("sparse"))
                     if choice == "dense":
                         row["reason"] = "dense measured fastest"
                         continue

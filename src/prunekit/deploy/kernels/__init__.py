@@ -10,6 +10,7 @@ compare the two or to work around a compiler that mishandles AVX-512.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
@@ -57,8 +58,12 @@ def load():
     try:
         from torch.utils.cpp_extension import load as build
 
-        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sparse_linear.cpp")
-        module = build(name=f"prunekit_sparse_{isa}", sources=[src], extra_cflags=_flags(isa), extra_ldflags=["-fopenmp"],
+        here = os.path.dirname(os.path.abspath(__file__))
+        sources = [os.path.join(here, f) for f in ("sparse_linear.cpp", "sparse_int8.cpp")]
+        with open(os.path.join(here, "transpose16.h"), "rb") as f:  # the build cache hashes sources, not headers
+            header = hashlib.sha1(f.read()).hexdigest()[:12]
+        module = build(name=f"prunekit_sparse_{isa}", sources=sources, extra_include_paths=[here],
+                       extra_cflags=_flags(isa) + [f"-DPRUNEKIT_HEADER={header}"], extra_ldflags=["-fopenmp"],
                        verbose=False)
     except Exception as e:  # compiler missing, headers missing, ...
         warnings.warn(f"prunekit's sparse CPU kernels could not be built ({type(e).__name__}: {e}); "

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.deploy import SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime
+from prunekit.deploy import SparseConv2d, SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime
 from prunekit.deploy.kernels import load
 
 kernels = load()
@@ -109,7 +109,7 @@ def test_sparse_layers_are_inference_only():
 
 def test_model_without_sparse_layers_is_returned_unchanged_with_a_warning():
     model = nn.Sequential(nn.Linear(8, 8))
-    with pytest.warns(UserWarning, match="no Linear layer has >= 50% zeros"):
+    with pytest.warns(UserWarning, match="no Linear or Conv2d layer has >= 50% zeros"):
         out = sparse_runtime(model, torch.randn(1, 8))
     assert type(out[0]) is nn.Linear and torch.equal(out[0].weight, model[0].weight)
     with pytest.raises(ValueError, match="min_sparsity=1.5"):
@@ -203,3 +203,64 @@ def test_int8_runtime_measures_the_sparse_int8_kernel_on_blocks():
     with torch.no_grad():
         ref, out = model(x), fast(x)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+@needs_kernels
+@pytest.mark.skipif(kernels is None or not kernels.has_conv(), reason="convolution kernels need the AVX-512 build")
+@settings(max_examples=40, deadline=None)
+@given(cin=st.integers(1, 20), cout=st.integers(1, 40), k=st.integers(1, 5), stride=st.integers(1, 3),
+       dilation=st.integers(1, 2), padding=st.sampled_from([0, 1, 2, "same", "valid"]), h=st.integers(1, 20),
+       w=st.integers(1, 20), batch=st.sampled_from([0, 1, 3]), bias=st.booleans(),
+       sparsity=st.sampled_from([0.5, 0.9]), seed=st.integers(0, 50))
+def test_sparse_conv_matches_dense_for_random_geometry(cin, cout, k, stride, dilation, padding, h, w, batch, bias,
+                                                       sparsity, seed):
+    if padding == "same":
+        stride = 1  # torch allows 'same' only with stride 1
+    pad = dilation * (k - 1) if padding == "same" else (0 if padding == "valid" else 2 * padding)
+    if h + pad < dilation * (k - 1) + 1 or w + pad < dilation * (k - 1) + 1:
+        return  # no output pixel: torch refuses these too
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    pk.prune(conv, sparsity)
+    pk.finalize(conv)
+    sparse = SparseConv2d(conv, kernels)
+    assert sparse.nnz == int(torch.count_nonzero(conv.weight))
+    x = torch.randn((batch, cin, h, w) if batch else (cin, h, w))
+    with torch.no_grad():
+        ref, out = conv(x), sparse(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
+
+
+@needs_kernels
+@pytest.mark.skipif(kernels is None or not kernels.has_conv(), reason="convolution kernels need the AVX-512 build")
+def test_runtime_runs_a_pruned_resnet_with_sparse_convolutions_and_equal_outputs():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(weights=None, num_classes=10).eval()
+    pk.prune(model, 0.9, include="layer*")
+    x = torch.randn(1, 3, 96, 96)
+    fast = sparse_runtime(model, x, threads=2, rounds=3)
+    rows = {r["name"]: r for r in fast.runtime_report.rows}
+    assert rows["conv1"]["reason"].startswith("below min_sparsity")  # the stem was not pruned
+    convs = [r for n, r in rows.items() if n.startswith("layer") and r["sparsity"] >= 0.5]
+    assert len(convs) >= 16 and all(r["sparse_us"] > 0 and r["tokens"] > 0 for r in convs)
+    for r in convs:
+        assert (type(fast.get_submodule(r["name"])) is SparseConv2d) == (r["choice"] == "sparse")
+    assert any(r["choice"] == "sparse" for r in convs)
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    kept = sum(int(m.nnz) for m in fast.modules() if isinstance(m, SparseConv2d))  # zeros stay zero
+    pruned = pk.finalize(model)
+    assert kept == sum(int(torch.count_nonzero(pruned.get_submodule(r["name"]).weight)) for r in convs
+                       if r["choice"] == "sparse")
+
+
+def test_grouped_convolutions_stay_dense_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 1))
+    pk.prune(model, 0.9, scope="layer")
+    fast = sparse_runtime(model, torch.randn(1, 8, 10, 10), rounds=2)
+    rows = fast.runtime_report.rows
+    assert type(fast[0]) is nn.Conv2d and "groups=8" in rows[0]["reason"]

@@ -1,8 +1,9 @@
 """Deployment: compressed files, ONNX export (optionally int8), and the sparse CPU runtime."""
 
 from prunekit.deploy.onnx import ExportInfo, export_onnx
-from prunekit.deploy.runtime import RuntimeReport, SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime
+from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
+from prunekit.deploy.runtime import RuntimeReport, semi_structured, sparse_runtime
 from prunekit.deploy.storage import FORMAT, SaveInfo, load, save
 
 __all__ = ["save", "load", "SaveInfo", "FORMAT", "export_onnx", "ExportInfo", "sparse_runtime", "SparseLinear",
-           "SparseLinearInt8", "RuntimeReport", "semi_structured"]
+           "SparseLinearInt8", "SparseConv2d", "RuntimeReport", "semi_structured"]

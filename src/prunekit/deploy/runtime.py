@@ -1,8 +1,8 @@
-"""Sparse CPU runtime: re-bind sparse Linear layers to CSR kernels where they measure faster.
+"""Sparse CPU runtime: re-bind sparse Linear and Conv2d layers to CSR kernels where they measure faster.
 
-``sparse_runtime(model, example_inputs)`` finds Linear layers whose weights are mostly zeros, builds
-a :class:`SparseLinear` for each (CSR with int32 column indices, rows split over threads by nonzero
-count), times dense vs sparse for every layer at the shape it sees in the model's forward on
+``sparse_runtime(model, example_inputs)`` finds Linear and Conv2d layers whose weights are mostly
+zeros, builds a :class:`SparseLinear` / :class:`SparseConv2d` for each (CSR with int32 column
+indices; see ``prunekit.deploy.layers``), times dense vs sparse for every layer at the shape it sees in the model's forward on
 ``example_inputs``, and keeps whichever is faster (DeepSparse's "fraction of supported ops", made
 explicit: the returned model's ``runtime_report`` says which layers run sparse and why the others do
 not). The kernels (``kernels/sparse_linear.cpp``) are built on first use; where they cannot be built,
@@ -27,127 +27,18 @@ from torch import nn
 
 from prunekit.bench import _call
 from prunekit.deploy.kernels import load
+from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
 from prunekit.masks import finalize, masks
 
-__all__ = ["SparseLinear", "SparseLinearInt8", "sparse_runtime", "RuntimeReport", "semi_structured"]
-
-
-def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
-    """Row boundaries splitting the nonzeros into ``parts`` chunks of about equal size."""
-    targets = torch.linspace(0, float(indptr[-1]), parts + 1)
-    cuts = torch.searchsorted(indptr.to(torch.float64), targets.to(torch.float64)).clamp_(0, indptr.numel() - 1)
-    cuts[0], cuts[-1] = 0, indptr.numel() - 1
-    return torch.unique(cuts).to(torch.int64)
-
-
-class SparseLinear(nn.Module):
-    """A Linear layer stored as CSR and run by prunekit's CPU kernels (inference only).
-
-    Args:
-        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
-        kernels: the compiled kernel module (``prunekit.deploy.kernels.load()``).
-        chunks_per_thread: work units per thread for load balance.
-    """
-
-    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
-        super().__init__()
-        w = linear.weight.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            raise ValueError(f"SparseLinear needs a float32 CPU weight, got {w.dtype} on {w.device}")
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        nz = w != 0
-        self.register_buffer("indptr", torch.cat([torch.zeros(1, dtype=torch.int64), nz.sum(1).cumsum(0)]))
-        self.register_buffer("indices", nz.nonzero()[:, 1].to(torch.int32).contiguous())
-        self.register_buffer("values", w[nz].contiguous())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
-        self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
-        self._k = kernels
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.numel())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("SparseLinear is inference-only; run under torch.no_grad() or use the dense model to train")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float()
-        tokens = x2.shape[0]
-        if tokens == 1:
-            y = self._k.spmv_rows(self.chunks, self.indptr, self.indices, self.values, x2[0].contiguous(), self.bias)
-            return y.reshape(*lead, self.out_features)
-        tile = self._k.preferred_tile(tokens)
-        y = self._k.spmm_tiles(self.chunks, self.indptr, self.indices, self.values, x2.contiguous(), self.bias, tile)
-        return y.reshape(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        total = self.in_features * self.out_features
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)"
-
-
-class SparseLinearInt8(nn.Module):
-    """A sparse Linear layer in int8, run by prunekit's AVX-512 VNNI kernel (inference only).
-
-    Weights are quantized symmetrically with one scale per output row and kept in groups of 4
-    consecutive input columns (a ``block:1x4`` pattern fills every kept group; unstructured rows keep
-    each group holding a nonzero, zeros inside). Activations are quantized per token at run time.
-    Lossy like any int8 path (about 1% relative error per layer); zeros stay zero.
-
-    Args:
-        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
-        kernels: the compiled kernel module; ``kernels.has_vnni()`` must be true.
-        chunks_per_thread: work units per thread for load balance.
-    """
-
-    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
-        super().__init__()
-        if not kernels.has_vnni():
-            raise RuntimeError("SparseLinearInt8 needs a CPU with AVX-512 VNNI and the AVX-512 kernel build")
-        w = linear.weight.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            raise ValueError(f"SparseLinearInt8 needs a float32 CPU weight, got {w.dtype} on {w.device}")
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        groups = (self.in_features + 3) // 4
-        scale = w.abs().amax(1) / 127
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.zeros(self.out_features, groups * 4, dtype=torch.int8)
-        q[:, : self.in_features] = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-        q = q.reshape(self.out_features, groups, 4)
-        keep = (q != 0).any(-1)
-        self.register_buffer("indptr", torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]))
-        self.register_buffer("groups", keep.nonzero()[:, 1].to(torch.int32).contiguous())
-        self.register_buffer("packed", q[keep].contiguous().view(torch.int32).reshape(-1))  # 4 int8 per int32
-        self.register_buffer("row_sums", q.sum((1, 2), dtype=torch.int32))
-        self.register_buffer("scale", scale.float().contiguous())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
-        self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
-        self._k = kernels
-
-    def int8_weight(self) -> torch.Tensor:
-        """The quantized weight as a dense int8 ``(out, in)`` tensor (for checks and counting)."""
-        q = torch.zeros(self.out_features, (self.in_features + 3) // 4, 4, dtype=torch.int8)
-        rows = torch.repeat_interleave(torch.arange(self.out_features), self.indptr.diff())
-        q[rows, self.groups.long()] = self.packed.view(torch.int8).reshape(-1, 4)
-        return q.reshape(self.out_features, -1)[:, : self.in_features]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("SparseLinearInt8 is inference-only; run under torch.no_grad() or use the dense model to train")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float().contiguous()
-        y = self._k.spmm_int8(self.chunks, self.indptr, self.groups, self.packed, self.row_sums, self.scale, x2, self.bias)
-        return y.reshape(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"groups_of_4={int(self.groups.numel())}, int8 (VNNI)")
+__all__ = ["sparse_runtime", "RuntimeReport", "semi_structured"]
 
 
 @dataclass
 class RuntimeReport:
-    """Per Linear layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` /
+    """Per Linear/Conv2d layer: ``name``, ``sparsity``, ``tokens`` it saw, ``dense_us`` / ``sparse_us`` /
     ``int8_us`` / ``sparse_int8_us`` (median per call), ``choice`` (``"dense"``, ``"sparse"``,
-    ``"int8"`` or ``"sparse_int8"``), ``sparse`` (runs a sparse kernel) and ``reason``. ``fraction_sparse``: share of the Linear weights that now run sparse."""
+    ``"int8"`` or ``"sparse_int8"``), ``sparse`` (runs a sparse kernel) and ``reason``.
+    ``fraction_sparse``: share of these layers' weights that now run sparse."""
 
     rows: list[dict] = field(default_factory=list)
 
@@ -164,7 +55,7 @@ class RuntimeReport:
                            for k in ("dense_us", "sparse_us", "int8_us", "sparse_int8_us"))
             lines.append(f"{r['name']:<48} {r['sparsity']:>8.1%} {r['tokens']:>6} {d:>9} {s:>9} {q:>8} {sq:>10}  "
                          f"{r['choice']} ({r['reason']})")
-        lines.append(f"{self.fraction_sparse:.1%} of Linear weights run sparse")
+        lines.append(f"{self.fraction_sparse:.1%} of Linear/Conv2d weights run sparse")
         return "\n".join(lines)
 
 
@@ -185,7 +76,7 @@ def sparse_runtime(
     inplace: bool = False,
     int8: bool = False,
 ) -> nn.Module:
-    """Return ``model`` with sparse Linear layers re-bound to CSR kernels where they measure faster.
+    """Return ``model`` with sparse Linear/Conv2d layers re-bound to CSR kernels where they measure faster.
 
     Args:
         model: a pruned model (live masks are baked into the copy it works on).
@@ -217,9 +108,9 @@ def sparse_runtime(
         finalize(model)
     report = RuntimeReport()
     model.runtime_report = report
-    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
     candidates = []
-    for name, m in linears:
+    for name, m in layers:
         w = m.weight.detach()
         sparsity = 1 - int(torch.count_nonzero(w)) / w.numel()
         row = {"name": name, "sparsity": sparsity, "weights": w.numel(), "tokens": 0, "dense_us": None,
@@ -228,12 +119,15 @@ def sparse_runtime(
         report.rows.append(row)
         if w.dtype != torch.float32 or w.device.type != "cpu":
             row["reason"] = f"{w.dtype} on {w.device}: the CPU kernels take float32"
-        elif sparsity < min_sparsity and not int8:
+        elif sparsity < min_sparsity and not (int8 and type(m) is nn.Linear):
             row["reason"] = f"below min_sparsity={min_sparsity}"
+        elif type(m) is nn.Conv2d and (m.groups != 1 or m.padding_mode != "zeros"):
+            row["reason"] = f"groups={m.groups}, padding_mode={m.padding_mode!r}: the conv kernel takes groups=1, zeros"
         else:
             candidates.append((name, m, row))
     if not any(r["sparsity"] >= min_sparsity for _, _, r in candidates) and not int8:
-        warnings.warn(f"no Linear layer has >= {min_sparsity:.0%} zeros: the model is returned unchanged", stacklevel=2)
+        warnings.warn(f"no Linear or Conv2d layer has >= {min_sparsity:.0%} zeros: the model is returned unchanged",
+                      stacklevel=2)
         return model
     kernels = load()
     shapes = _input_shapes(model, example_inputs, [(n, m) for n, m, _ in candidates]) if example_inputs is not None else {}
@@ -247,11 +141,16 @@ def sparse_runtime(
                 if row["sparsity"] >= min_sparsity:
                     if kernels is None:
                         row["reason"] = "kernels could not be built here"
+                    elif type(m) is nn.Conv2d:
+                        if kernels.has_conv():
+                            options["sparse"] = SparseConv2d(m, kernels)
+                        else:
+                            row["reason"] = "convolution kernels need the AVX-512 build"
                     else:
                         options["sparse"] = SparseLinear(m, kernels)
                         if int8 and kernels.has_vnni():
                             options["sparse_int8"] = SparseLinearInt8(m, kernels)
-                if int8:
+                if int8 and type(m) is nn.Linear:
                     quantized = _dynamic_int8(m)
                     if quantized is not None:
                         options["int8"] = quantized
@@ -265,7 +164,8 @@ def sparse_runtime(
                     continue
                 else:
                     x = torch.randn(shapes[name])
-                    row["tokens"] = int(x.numel() // x.shape[-1])
+                    out = m(x)  # tokens: output positions (rows for Linear, pixels for Conv2d)
+                    row["tokens"] = int(out.numel() // (m.out_features if type(m) is nn.Linear else m.out_channels))
                     fns = {"dense": m, **options}
                     for fn in fns.values():  # warm-up
                         fn(x)

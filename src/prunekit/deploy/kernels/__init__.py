@@ -60,8 +60,11 @@ def load():
 
         here = os.path.dirname(os.path.abspath(__file__))
         sources = [os.path.join(here, f) for f in ("sparse_linear.cpp", "sparse_int8.cpp")]
-        with open(os.path.join(here, "transpose16.h"), "rb") as f:  # the build cache hashes sources, not headers
-            header = hashlib.sha1(f.read()).hexdigest()[:12]
+        digest = hashlib.sha1()  # the build cache hashes sources, not the headers they include
+        for name in ("parallel.h", "transpose16.h"):
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+        header = digest.hexdigest()[:12]
         module = build(name=f"prunekit_sparse_{isa}", sources=sources, extra_include_paths=[here],
                        extra_cflags=_flags(isa) + [f"-DPRUNEKIT_HEADER={header}"], extra_ldflags=["-fopenmp"],
                        verbose=False)

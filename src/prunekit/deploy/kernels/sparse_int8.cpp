@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "parallel.h"
 #include "transpose16.h"
 
 #ifdef PRUNEKIT_AVX512
@@ -138,9 +139,9 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
   const int64_t* ch = chunks.data_ptr<int64_t>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, tokens, 8, [&](int64_t a, int64_t z) { quantize_rows(xp, a, z, in_features, groups, qp, sp); });
+  const auto quantize = [&](int64_t a, int64_t z) { quantize_rows(xp, a, z, in_features, groups, qp, sp); };
   // groups of 4 bytes move as 32-bit values: the float transpose is a bit-exact copy
-  at::parallel_for(0, ntiles, 1, [&](int64_t a, int64_t z) {
+  const auto transpose = [&](int64_t a, int64_t z) {
     const float* src = reinterpret_cast<const float*>(qp);
     float* dst = reinterpret_cast<float*>(xqp);
     for (int64_t tl = a; tl < z; ++tl)
@@ -152,11 +153,20 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
           transpose16(src + first * groups + g0, groups, rows, cols, dst + (tl * groups + g0) * TILE + h * 16, TILE,
                       cols, 16);
         }
-  });
-  at::parallel_for(0, chunks.size(0) - 1, 1, [&](int64_t c0, int64_t c1) {
+  };
+  const auto work = [&](int64_t c0, int64_t c1) {
     tile_rows_vnni(ch[c0], ch[c1], indptr.data_ptr<int64_t>(), gidx.data_ptr<int32_t>(), w4.data_ptr<int32_t>(),
                    wsum.data_ptr<int32_t>(), wscale.data_ptr<float>(), b, xqp, sp, yp, groups, out_features, tokens);
-  });
+  };
+  if (gidx.numel() * 4 * tokens < (1 << 19)) {  // small: waking the thread pool costs more than it saves
+    quantize(0, tokens);
+    transpose(0, ntiles);
+    work(0, chunks.size(0) - 1);
+  } else {
+    at::parallel_for(0, tokens, 8, quantize);
+    at::parallel_for(0, ntiles, 1, transpose);
+    prunekit::for_each_chunk(chunks.size(0) - 1, work);
+  }
 #endif
   return y;
 }

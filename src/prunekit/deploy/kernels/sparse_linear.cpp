@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "parallel.h"
 #include "transpose16.h"  // defines PRUNEKIT_AVX512 where the build has AVX-512F
 
 namespace {
@@ -113,12 +114,96 @@ void transpose_tiles_512(const float* x, float* xt, int64_t tokens, int64_t in_f
   }
 }
 
-// The token-tile loop with NV zmm (16 * NV tokens) per nonzero and NACC independent accumulator sets.
+// Geometry of a 2-D convolution (one image: x is (C, H, W), output (O, ho, wo)).
+struct ConvShape {
+  int64_t channels, height, width, out_width, pixels;  // pixels = ho * wo
+  int kh, kw, sh, sw, dh, dw, ph, pw;
+};
+
+// Implicit im2col of one tile: dst[(c * kh + ki) * kw + kj, t] = x[c, ih, iw] for output pixel
+// t0 + t, zero where the window falls in the padding or past the last pixel. Unfolding the whole
+// input first (F.unfold) cost as much as the dense convolution (measured: 1.2 ms for 64 x 56 x 56,
+// 3x3). Lanes whose sources are consecutive (stride 1 inside an output row) load as one vector,
+// the others are gathered.
+template <int NV>
+void pack_conv_tile(const float* x, float* dst, const ConvShape& s, int64_t t0) {
+  constexpr int TILE = 16 * NV;
+  const int64_t plane = s.height * s.width;
+  for (int ki = 0; ki < s.kh; ++ki) {
+    for (int kj = 0; kj < s.kw; ++kj) {
+      for (int v = 0; v < NV; ++v) {
+        alignas(64) int32_t idx[16];
+        __mmask16 mask = 0;
+        bool consecutive = true;
+        int64_t first = 0;
+        bool seen = false;
+        for (int l = 0; l < 16; ++l) {
+          const int64_t p = t0 + 16 * v + l;
+          idx[l] = 0;
+          if (p >= s.pixels) continue;
+          const int64_t ih = (p / s.out_width) * s.sh + ki * s.dh - s.ph;
+          const int64_t iw = (p % s.out_width) * s.sw + kj * s.dw - s.pw;
+          if (ih < 0 || ih >= s.height || iw < 0 || iw >= s.width) continue;
+          idx[l] = static_cast<int32_t>(ih * s.width + iw);
+          mask |= static_cast<__mmask16>(1u << l);
+          if (!seen) {
+            first = idx[l] - l;
+            seen = true;
+          } else if (idx[l] - l != first) {
+            consecutive = false;
+          }
+        }
+        const __m512i vidx = _mm512_load_si512(idx);
+        const int64_t kk = ki * s.kw + kj;
+        for (int64_t c = 0; c < s.channels; ++c) {
+          const float* xc = x + c * plane;
+          __m512 val = _mm512_setzero_ps();
+          if (mask && consecutive) {
+            val = _mm512_maskz_loadu_ps(mask, xc + first);  // masked-off lanes are never read
+          } else if (mask) {
+            val = _mm512_mask_i32gather_ps(val, mask, vidx, xc, 4);
+          }
+          _mm512_storeu_ps(dst + (c * s.kh * s.kw + kk) * TILE + 16 * v, val);
+        }
+      }
+    }
+  }
+}
+
+// sum = bias + the nonzeros k0..k1 of one row times a tile (in, 16 * NV) of activations: NV zmm per
+// nonzero, with NACC independent accumulator sets (one set would wait on the FMA latency each time).
+template <int NV>
+inline void row_times_tile(int64_t k0, int64_t k1, const int32_t* idx, const float* val, const float* xtile, float bias,
+                           __m512* sum) {
+  constexpr int TILE = 16 * NV, NACC = 4;
+  __m512 acc[NACC][NV];
+  for (int v = 0; v < NV; ++v) {
+    acc[0][v] = _mm512_set1_ps(bias);
+    for (int j = 1; j < NACC; ++j) acc[j][v] = _mm512_setzero_ps();
+  }
+  int64_t k = k0;
+  for (; k + NACC <= k1; k += NACC) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NACC; ++j) {
+      const __m512 w = _mm512_set1_ps(val[k + j]);
+      const float* row = xtile + static_cast<int64_t>(idx[k + j]) * TILE;
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * v), acc[j][v]);
+    }
+  }
+  for (; k < k1; ++k) {
+    const __m512 w = _mm512_set1_ps(val[k]);
+    const float* row = xtile + static_cast<int64_t>(idx[k]) * TILE;
+    for (int v = 0; v < NV; ++v) acc[0][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * v), acc[0][v]);
+  }
+  for (int v = 0; v < NV; ++v) sum[v] = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]), _mm512_add_ps(acc[2][v], acc[3][v]));
+}
+
+// The token-tile loop: rows o0..o1 for every tile, y written as (tokens, out_features).
 template <int NV>
 void tile_rows_512(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
                    const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
                    int64_t tokens) {
-  constexpr int TILE = 16 * NV, NACC = 4;
+  constexpr int TILE = 16 * NV;
   const int64_t ntiles = (tokens + TILE - 1) / TILE;
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
   for (int64_t tile = 0; tile < ntiles; ++tile) {
@@ -126,30 +211,9 @@ void tile_rows_512(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t*
     const int64_t valid = std::min<int64_t>(TILE, tokens - t0);
     const float* xtile = xt + tile * in_features * TILE;
     for (int64_t o = o0; o < o1; ++o) {
-      __m512 acc[NACC][NV];
-      for (int v = 0; v < NV; ++v) {
-        acc[0][v] = _mm512_set1_ps(bias ? bias[o] : 0.0f);
-        for (int j = 1; j < NACC; ++j) acc[j][v] = _mm512_setzero_ps();
-      }
-      int64_t k = indptr[o];
-      const int64_t k1 = indptr[o + 1];
-      for (; k + NACC <= k1; k += NACC) {
-#pragma GCC unroll 4
-        for (int j = 0; j < NACC; ++j) {
-          const __m512 w = _mm512_set1_ps(val[k + j]);
-          const float* row = xtile + static_cast<int64_t>(idx[k + j]) * TILE;
-          for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * v), acc[j][v]);
-        }
-      }
-      for (; k < k1; ++k) {
-        const __m512 w = _mm512_set1_ps(val[k]);
-        const float* row = xtile + static_cast<int64_t>(idx[k]) * TILE;
-        for (int v = 0; v < NV; ++v) acc[0][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * v), acc[0][v]);
-      }
-      for (int v = 0; v < NV; ++v) {
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]), _mm512_add_ps(acc[2][v], acc[3][v]));
-        _mm512_storeu_ps(stage.data() + (o - o0) * TILE + 16 * v, sum);
-      }
+      __m512 sum[NV];
+      row_times_tile<NV>(indptr[o], indptr[o + 1], idx, val, xtile, bias ? bias[o] : 0.0f, sum);
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(stage.data() + (o - o0) * TILE + 16 * v, sum[v]);
     }
     for (int64_t ob = o0; ob < o1; ob += 16) {  // stage (rows, tokens) -> y (tokens, rows), 16x16 at a time
       const int rows = static_cast<int>(std::min<int64_t>(16, o1 - ob));
@@ -220,7 +284,7 @@ torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tens
     work(0, nchunks);
   } else {
     at::parallel_for(0, ntiles, 1, transpose);
-    at::parallel_for(0, nchunks, 1, work);
+    prunekit::for_each_chunk(nchunks, work);
   }
   return y;
 }
@@ -256,9 +320,74 @@ torch::Tensor spmv_rows(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
   if (values.numel() < kSerialWork / 16) {
     work(0, chunks.size(0) - 1);
   } else {
-    at::parallel_for(0, chunks.size(0) - 1, 1, work);
+    prunekit::for_each_chunk(chunks.size(0) - 1, work);
   }
   return y;
+}
+
+// Convolution: x (N, C, H, W) -> y (N, O, ho, wo) = W (O, C * kh * kw) unfold(x) + b, with the
+// unfold done tile by tile (pack_conv_tile). params: kh, kw, sh, sw, dh, dw, pad_top, pad_left, ho, wo.
+// AVX-512 build only (has_conv()); elsewhere convolutions stay dense.
+torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tensor values, torch::Tensor x,
+                        c10::optional<torch::Tensor> bias, std::vector<int64_t> params) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
+              "x must be contiguous float32 (N, C, H, W)");
+  TORCH_CHECK(params.size() == 10, "params: kh, kw, sh, sw, dh, dw, pad_top, pad_left, ho, wo");
+  const int64_t batch = x.size(0), out_features = indptr.size(0) - 1, ho = params[8], wo = params[9];
+  auto y = torch::empty({batch, out_features, ho, wo}, x.options());
+#ifdef PRUNEKIT_AVX512
+  const ConvShape shape{x.size(1), x.size(2), x.size(3), wo, ho * wo,
+                        static_cast<int>(params[0]), static_cast<int>(params[1]), static_cast<int>(params[2]),
+                        static_cast<int>(params[3]), static_cast<int>(params[4]), static_cast<int>(params[5]),
+                        static_cast<int>(params[6]), static_cast<int>(params[7])};
+  const int64_t in_features = shape.channels * shape.kh * shape.kw, columns = shape.pixels;
+  // Parallel over column tiles (a feature map has many; each thread packs its tile into a buffer that
+  // stays in cache while every row passes over it). Splitting rows instead made each thread stream
+  // the whole unfolded input: 7x slower than dense on a 3x3 layer (measured).
+  constexpr int NV = 2, TILE = 16 * NV;
+  const int64_t ntiles = (columns + TILE - 1) / TILE;
+  const int64_t* ip = indptr.data_ptr<int64_t>();
+  const int32_t* ix = indices.data_ptr<int32_t>();
+  const float* v = values.data_ptr<float>();
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto work = [&](int64_t a, int64_t z) {
+    std::vector<float> tile(static_cast<size_t>(in_features) * TILE);
+    for (int64_t job = a; job < z; ++job) {
+      const int64_t n = job / ntiles, t0 = (job % ntiles) * TILE;
+      const int64_t valid = std::min<int64_t>(TILE, columns - t0);
+      __mmask16 masks[NV];
+      for (int h = 0; h < NV; ++h) {
+        const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, valid - 16 * h));
+        masks[h] = lanes >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << lanes) - 1);
+      }
+      pack_conv_tile<NV>(xp + n * shape.channels * shape.height * shape.width, tile.data(), shape, t0);
+      float* yn = yp + n * out_features * columns + t0;
+      for (int64_t o = 0; o < out_features; ++o) {
+        __m512 sum[NV];
+        row_times_tile<NV>(ip[o], ip[o + 1], ix, v, tile.data(), b ? b[o] : 0.0f, sum);
+        for (int h = 0; h < NV; ++h) _mm512_mask_storeu_ps(yn + o * columns + 16 * h, masks[h], sum[h]);
+      }
+    }
+  };
+  if (values.numel() * columns * batch < kSerialWork) {
+    work(0, batch * ntiles);
+  } else {
+    at::parallel_for(0, batch * ntiles, 1, work);
+  }
+#else
+  TORCH_CHECK(false, "spmm_conv needs the AVX-512 build (check has_conv() first)");
+#endif
+  return y;
+}
+
+bool has_conv() {
+#ifdef PRUNEKIT_AVX512
+  return true;
+#else
+  return false;
+#endif
 }
 
 // The token tile this build runs fastest for a call with `tokens` rows (1 token: use spmv_rows).
@@ -285,6 +414,8 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
                         torch::Tensor wsum, torch::Tensor wscale, torch::Tensor x, c10::optional<torch::Tensor> bias);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("spmm_conv", &spmm_conv, "CSR weights x implicitly unfolded NCHW input (AVX-512 build)");
+  m.def("has_conv", &has_conv, "whether spmm_conv is compiled in");
   m.def("has_vnni", &has_vnni, "whether spmm_int8 can run here (AVX-512 build and a VNNI CPU)");
   m.def("spmm_int8", &spmm_int8, "int8 weights in groups of 4 columns x per-token int8 activations (VNNI)");
   m.def("preferred_tile", &preferred_tile, "token tile for a call with this many rows");

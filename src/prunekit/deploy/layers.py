@@ -1,0 +1,197 @@
+"""Layers that run on prunekit's CPU kernels: CSR Linear, sparse int8 Linear, CSR Conv2d.
+
+Each one copies what it needs from the (finalized) dense layer at construction, holds it in buffers
+(so ``state_dict``, ``deepcopy`` and ``.to()`` behave), and is inference-only. ``sparse_runtime``
+builds them and keeps whichever measures faster than the dense layer; they can also be built by hand
+with ``prunekit.deploy.kernels.load()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["SparseLinear", "SparseLinearInt8", "SparseConv2d"]
+
+
+def _csr(w: torch.Tensor, module: nn.Module, chunks_per_thread: int) -> None:
+    """Register ``w`` (out, in) as CSR buffers on ``module``: indptr, indices (int32), values, chunks."""
+    nz = w != 0
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), nz.sum(1).cumsum(0)])
+    module.register_buffer("indptr", indptr)
+    module.register_buffer("indices", nz.nonzero()[:, 1].to(torch.int32).contiguous())
+    module.register_buffer("values", w[nz].contiguous())
+    module.register_buffer("chunks", _chunks(indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
+
+
+def _inference_only(name: str, x: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError(f"{name} is inference-only; run under torch.no_grad() or use the dense model to train")
+
+
+def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
+    """Row boundaries splitting the nonzeros into ``parts`` chunks of about equal size."""
+    targets = torch.linspace(0, float(indptr[-1]), parts + 1)
+    cuts = torch.searchsorted(indptr.to(torch.float64), targets.to(torch.float64)).clamp_(0, indptr.numel() - 1)
+    cuts[0], cuts[-1] = 0, indptr.numel() - 1
+    return torch.unique(cuts).to(torch.int64)
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer stored as CSR and run by prunekit's CPU kernels (inference only).
+
+    Args:
+        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
+        kernels: the compiled kernel module (``prunekit.deploy.kernels.load()``).
+        chunks_per_thread: work units per thread for load balance.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
+        super().__init__()
+        w = linear.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"SparseLinear needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        _csr(w, self, chunks_per_thread)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+        self._k = kernels
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _inference_only("SparseLinear", x)
+        b = self._buffers  # a dict lookup: each module attribute lookup of a buffer costs ~0.7 us
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()
+        tokens = x2.shape[0]
+        if tokens == 1:
+            y = self._k.spmv_rows(b["chunks"], b["indptr"], b["indices"], b["values"], x2[0].contiguous(), b["bias"])
+            return y.reshape(*lead, self.out_features)
+        tile = self._k.preferred_tile(tokens)
+        y = self._k.spmm_tiles(b["chunks"], b["indptr"], b["indices"], b["values"], x2.contiguous(), b["bias"], tile)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        total = self.in_features * self.out_features
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)"
+
+
+class SparseLinearInt8(nn.Module):
+    """A sparse Linear layer in int8, run by prunekit's AVX-512 VNNI kernel (inference only).
+
+    Weights are quantized symmetrically with one scale per output row and kept in groups of 4
+    consecutive input columns (a ``block:1x4`` pattern fills every kept group; unstructured rows keep
+    each group holding a nonzero, zeros inside). Activations are quantized per token at run time.
+    Lossy like any int8 path (about 1% relative error per layer); zeros stay zero.
+
+    Args:
+        linear: the (finalized) ``nn.Linear`` to convert; float32 on the CPU.
+        kernels: the compiled kernel module; ``kernels.has_vnni()`` must be true.
+        chunks_per_thread: work units per thread for load balance.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
+        super().__init__()
+        if not kernels.has_vnni():
+            raise RuntimeError("SparseLinearInt8 needs a CPU with AVX-512 VNNI and the AVX-512 kernel build")
+        w = linear.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"SparseLinearInt8 needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        groups = (self.in_features + 3) // 4
+        scale = w.abs().amax(1) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.zeros(self.out_features, groups * 4, dtype=torch.int8)
+        q[:, : self.in_features] = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        q = q.reshape(self.out_features, groups, 4)
+        keep = (q != 0).any(-1)
+        self.register_buffer("indptr", torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]))
+        self.register_buffer("groups", keep.nonzero()[:, 1].to(torch.int32).contiguous())
+        self.register_buffer("packed", q[keep].contiguous().view(torch.int32).reshape(-1))  # 4 int8 per int32
+        self.register_buffer("row_sums", q.sum((1, 2), dtype=torch.int32))
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+        self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
+        self._k = kernels
+
+    def int8_weight(self) -> torch.Tensor:
+        """The quantized weight as a dense int8 ``(out, in)`` tensor (for checks and counting)."""
+        q = torch.zeros(self.out_features, (self.in_features + 3) // 4, 4, dtype=torch.int8)
+        rows = torch.repeat_interleave(torch.arange(self.out_features), self.indptr.diff())
+        q[rows, self.groups.long()] = self.packed.view(torch.int8).reshape(-1, 4)
+        return q.reshape(self.out_features, -1)[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _inference_only("SparseLinearInt8", x)
+        b = self._buffers
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float().contiguous()
+        y = self._k.spmm_int8(b["chunks"], b["indptr"], b["groups"], b["packed"], b["row_sums"], b["scale"], x2, b["bias"])
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"groups_of_4={int(self.groups.numel())}, int8 (VNNI)")
+
+
+class SparseConv2d(nn.Module):
+    """A Conv2d stored as CSR over ``(out, in * kh * kw)`` and run by prunekit's kernels (inference only).
+
+    The kernel unfolds the input one tile of 32 output pixels at a time (implicit im2col) and
+    multiplies it by the CSR rows, so the output lands in NCHW without a transpose. Needs the
+    AVX-512 kernel build (``kernels.has_conv()``); ``groups`` must be 1 and ``padding_mode`` "zeros".
+
+    Args:
+        conv: the (finalized) ``nn.Conv2d`` to convert; float32 on the CPU.
+        kernels: the compiled kernel module.
+        chunks_per_thread: work units per thread for load balance.
+    """
+
+    def __init__(self, conv: nn.Conv2d, kernels: Any, chunks_per_thread: int = 8):
+        super().__init__()
+        if not kernels.has_conv():
+            raise RuntimeError("SparseConv2d needs the AVX-512 kernel build (this CPU or build has none)")
+        w = conv.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"SparseConv2d needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d takes groups=1 and padding_mode='zeros', got groups={conv.groups}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation)
+        if isinstance(conv.padding, str):  # "valid" or "same" (stride 1): explicit per-side padding
+            total = [0, 0] if conv.padding == "valid" else [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            self.pad = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        else:
+            ph, pw = conv.padding
+            self.pad = (pw, pw, ph, ph)
+        _csr(w.reshape(w.shape[0], -1), self, chunks_per_thread)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().contiguous())
+        self._k = kernels
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _inference_only("SparseConv2d", x)
+        b = self._buffers
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        left, right, top, bottom = self.pad
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        h, w = x.shape[-2] + top + bottom, x.shape[-1] + left + right
+        ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        y = self._k.spmm_conv(b["indptr"], b["indices"], b["values"], x.float().contiguous(), b["bias"],
+                              [kh, kw, sh, sw, dh, dw, top, left, ho, wo])
+        return y[0] if unbatched else y
+
+    def extra_repr(self) -> str:
+        total = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)")

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -23,6 +26,29 @@ void for_each_chunk(int64_t n, const F& f) {
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     for (int64_t c = next.fetch_add(1); c < n; c = next.fetch_add(1)) f(c, c + 1);
   });
+}
+
+// prepare(t) for every t in [0, ntasks) (static, round-robin), then after a barrier f(c, c + 1)
+// for every chunk c in [0, nchunks) (dynamic): one parallel region per call instead of two. Each
+// region entry wakes the pool, a few microseconds that count on layers taking 30-80 us.
+template <class P, class F>
+void prepare_then_chunks(int64_t ntasks, const P& prepare, int64_t nchunks, const F& f) {
+#ifdef _OPENMP
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), std::max(ntasks, nchunks)));
+  if (threads > 1 && !omp_in_parallel()) {
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+    {
+      const int id = omp_get_thread_num(), count = omp_get_num_threads();
+      for (int64_t t = id; t < ntasks; t += count) prepare(t);
+#pragma omp barrier
+      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) f(c, c + 1);
+    }
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < ntasks; ++t) prepare(t);
+  for (int64_t c = 0; c < nchunks; ++c) f(c, c + 1);
 }
 
 }  // namespace prunekit

@@ -139,33 +139,32 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
   const int64_t* ch = chunks.data_ptr<int64_t>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const auto quantize = [&](int64_t a, int64_t z) { quantize_rows(xp, a, z, in_features, groups, qp, sp); };
-  // groups of 4 bytes move as 32-bit values: the float transpose is a bit-exact copy
-  const auto transpose = [&](int64_t a, int64_t z) {
+  // one token tile: quantize its rows, then move groups of 4 bytes as 32-bit values (the float
+  // transpose is a bit-exact copy) into xq[tile]
+  const auto prepare = [&](int64_t tl) {
+    const int64_t first = tl * TILE, last = std::min<int64_t>(tokens, first + TILE);
+    quantize_rows(xp, first, last, in_features, groups, qp, sp);
     const float* src = reinterpret_cast<const float*>(qp);
     float* dst = reinterpret_cast<float*>(xqp);
-    for (int64_t tl = a; tl < z; ++tl)
-      for (int64_t g0 = 0; g0 < groups; g0 += 16)
-        for (int h = 0; h < TILE / 16; ++h) {
-          const int64_t first = tl * TILE + h * 16;
-          const int rows = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, tokens - first)));
-          const int cols = static_cast<int>(std::min<int64_t>(16, groups - g0));
-          transpose16(src + first * groups + g0, groups, rows, cols, dst + (tl * groups + g0) * TILE + h * 16, TILE,
-                      cols, 16);
-        }
+    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+      for (int h = 0; h < TILE / 16; ++h) {
+        const int64_t row = first + h * 16;
+        const int rows = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, tokens - row)));
+        const int cols = static_cast<int>(std::min<int64_t>(16, groups - g0));
+        transpose16(src + row * groups + g0, groups, rows, cols, dst + (tl * groups + g0) * TILE + h * 16, TILE, cols, 16);
+      }
+    }
   };
   const auto work = [&](int64_t c0, int64_t c1) {
     tile_rows_vnni(ch[c0], ch[c1], indptr.data_ptr<int64_t>(), gidx.data_ptr<int32_t>(), w4.data_ptr<int32_t>(),
                    wsum.data_ptr<int32_t>(), wscale.data_ptr<float>(), b, xqp, sp, yp, groups, out_features, tokens);
   };
+  const int64_t nchunks = chunks.size(0) - 1;
   if (gidx.numel() * 4 * tokens < (1 << 19)) {  // small: waking the thread pool costs more than it saves
-    quantize(0, tokens);
-    transpose(0, ntiles);
-    work(0, chunks.size(0) - 1);
+    for (int64_t tl = 0; tl < ntiles; ++tl) prepare(tl);
+    work(0, nchunks);
   } else {
-    at::parallel_for(0, tokens, 8, quantize);
-    at::parallel_for(0, ntiles, 1, transpose);
-    prunekit::for_each_chunk(chunks.size(0) - 1, work);
+    prunekit::prepare_then_chunks(ntiles, prepare, nchunks, work);
   }
 #endif
   return y;

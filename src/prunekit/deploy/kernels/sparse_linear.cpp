@@ -283,8 +283,7 @@ torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tens
     transpose(0, ntiles);
     work(0, nchunks);
   } else {
-    at::parallel_for(0, ntiles, 1, transpose);
-    prunekit::for_each_chunk(nchunks, work);
+    prunekit::prepare_then_chunks(ntiles, [&](int64_t t) { transpose(t, t + 1); }, nchunks, work);
   }
   return y;
 }

@@ -65,15 +65,7 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseLinear", x)
         b = self._buffers  # a dict lookup: each module attribute lookup of a buffer costs ~0.7 us
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float()
-        tokens = x2.shape[0]
-        if tokens == 1:
-            y = self._k.spmv_rows(b["chunks"], b["indptr"], b["indices"], b["values"], x2[0].contiguous(), b["bias"])
-            return y.reshape(*lead, self.out_features)
-        tile = self._k.preferred_tile(tokens)
-        y = self._k.spmm_tiles(b["chunks"], b["indptr"], b["indices"], b["values"], x2.contiguous(), b["bias"], tile)
-        return y.reshape(*lead, self.out_features)
+        return self._k.linear(b["chunks"], b["indptr"], b["indices"], b["values"], x, b["bias"])
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features
@@ -128,10 +120,8 @@ class SparseLinearInt8(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseLinearInt8", x)
         b = self._buffers
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float().contiguous()
-        y = self._k.spmm_int8(b["chunks"], b["indptr"], b["groups"], b["packed"], b["row_sums"], b["scale"], x2, b["bias"])
-        return y.reshape(*lead, self.out_features)
+        return self._k.linear_int8(b["chunks"], b["indptr"], b["groups"], b["packed"], b["row_sums"], b["scale"], x,
+                                   b["bias"])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -104,6 +104,8 @@ def default_candidates() -> list[Candidate]:
                   _masked(0.9, "unstructured", int8=True), "smallest file / microcontroller"),
         Candidate("1x4 blocks 90% + sparse runtime", "prune block:1x4 90% + sparse_runtime", 0.9,
                   _masked(0.9, "block:1x4"), "CPU with prunekit's runtime"),
+        Candidate("1x4 blocks 90% + int8", "prune block:1x4 90% + sparse_runtime(int8=True)", 0.9,
+                  _masked(0.9, "block:1x4", int8=True), "CPU with AVX-512 VNNI (prunekit's sparse int8 kernel)"),
         Candidate("unstructured 95% + sparse runtime", "prune 95% + sparse_runtime", 0.95, _masked(0.95, "unstructured"),
                   "CPU with prunekit's runtime"),
         Candidate("structured 30% + int8", "prune_channels(0.3) + quantize_dynamic", 0.3, _structured(0.3, int8=True),

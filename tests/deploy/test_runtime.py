@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -264,3 +266,31 @@ def test_grouped_convolutions_stay_dense_with_the_reason():
     fast = sparse_runtime(model, torch.randn(1, 8, 10, 10), rounds=2)
     rows = fast.runtime_report.rows
     assert type(fast[0]) is nn.Conv2d and "groups=8" in rows[0]["reason"]
+
+
+@needs_kernels
+def test_runtime_models_deepcopy_and_keep_their_outputs_and_nonzeros():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 4))
+    pk.prune(model, 0.8, scope="layer")
+    x = torch.randn(2, 3, 8, 8)
+    fast = sparse_runtime(model, x, rounds=1, int8=True)
+    layers = [m for m in fast.modules() if hasattr(m, "_k")]
+    copied = copy.deepcopy(fast)
+    with torch.no_grad():
+        assert torch.equal(copied(x), fast(x))
+    copied_layers = [m for m in copied.modules() if hasattr(m, "_k")]
+    assert [type(m) for m in copied_layers] == [type(m) for m in layers] and layers
+    for a, b in zip(layers, copied_layers):
+        assert b._k is a._k  # the same compiled extension, found again by its build name
+        assert all(torch.equal(p, q) for p, q in zip(a.buffers(), b.buffers()))  # nonzeros kept exactly
+
+
+@needs_kernels
+def test_a_copied_sparse_layer_still_runs_and_a_bad_build_name_is_refused():
+    lin = _sparse_linear(16, 16, 0.5)
+    sparse = copy.deepcopy(SparseLinear(lin, kernels))
+    with torch.no_grad():
+        assert torch.allclose(sparse(torch.ones(3, 16)), lin(torch.ones(3, 16)), atol=1e-5)
+    with pytest.raises(ValueError, match="isa='sse'"):
+        load("sse")

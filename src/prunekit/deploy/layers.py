@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.deploy.kernels import load
+
 __all__ = ["SparseLinear", "SparseLinearInt8", "SparseConv2d"]
 
 
@@ -24,6 +26,23 @@ def _csr(w: torch.Tensor, module: nn.Module, chunks_per_thread: int) -> None:
     module.register_buffer("indices", nz.nonzero()[:, 1].to(torch.int32).contiguous())
     module.register_buffer("values", w[nz].contiguous())
     module.register_buffer("chunks", _chunks(indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
+
+
+class _KernelLayer(nn.Module):
+    """Base of the kernel-backed layers: ``self._k`` is the compiled extension, which Python cannot
+    copy or pickle, so copies carry its build name (``"avx512"`` / ``"portable"``) and load it again."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_k"] = self._k.isa()
+        return state
+
+    def __setstate__(self, state):
+        isa = state["_k"]
+        super().__setstate__(state)
+        self._k = load(isa)
+        if self._k is None:
+            raise RuntimeError(f"{type(self).__name__} needs prunekit's '{isa}' kernels, which cannot be built here")
 
 
 def _inference_only(name: str, x: torch.Tensor) -> None:
@@ -39,7 +58,7 @@ def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
     return torch.unique(cuts).to(torch.int64)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(_KernelLayer):
     """A Linear layer stored as CSR and run by prunekit's CPU kernels (inference only).
 
     Args:
@@ -72,7 +91,7 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)"
 
 
-class SparseLinearInt8(nn.Module):
+class SparseLinearInt8(_KernelLayer):
     """A sparse Linear layer in int8, run by prunekit's AVX-512 VNNI kernel (inference only).
 
     Weights are quantized symmetrically with one scale per output row and kept in groups of 4
@@ -128,7 +147,7 @@ class SparseLinearInt8(nn.Module):
                 f"groups_of_4={int(self.groups.numel())}, int8 (VNNI)")
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(_KernelLayer):
     """A Conv2d stored as CSR over ``(out, in * kh * kw)`` and run by prunekit's kernels (inference only).
 
     The kernel unfolds the input one tile of 32 output pixels at a time (implicit im2col) and

@@ -49,9 +49,16 @@ def _flags(isa: str) -> list[str]:
     return flags
 
 
-def load():
-    """The compiled ``prunekit_sparse_<isa>`` module, or None when it cannot be built here."""
-    isa = _isa()
+def load(isa: str | None = None):
+    """The compiled ``prunekit_sparse_<isa>`` module, or None when it cannot be built here.
+
+    Args:
+        isa: ``"avx512"`` or ``"portable"``; None picks the CPU's (see the module docstring). Layers
+            record which build they use, so that copies of them find it again.
+    """
+    if isa not in (None, "avx512", "portable"):
+        raise ValueError(f"isa={isa!r}: use 'avx512', 'portable' or None (the CPU decides)")
+    isa = isa or _isa()
     if isa in _STATE:
         return _STATE[isa]
     module = None

@@ -173,6 +173,7 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
 // SparseLinearInt8's forward in one call: x (..., in) of any float dtype -> y (..., out) float32.
 torch::Tensor linear_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor gidx, torch::Tensor w4,
                           torch::Tensor wsum, torch::Tensor wscale, torch::Tensor x, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.device().is_cpu() && w4.device().is_cpu(), "prunekit's sparse kernels run on the CPU");
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = indptr.size(0) - 1;
   auto x2 = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();

@@ -329,8 +329,9 @@ torch::Tensor spmv_rows(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
 // AVX-512 build only (has_conv()); elsewhere convolutions stay dense.
 torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tensor values, torch::Tensor x,
                         c10::optional<torch::Tensor> bias, std::vector<int64_t> params) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
-              "x must be contiguous float32 (N, C, H, W)");
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
+                  values.device().is_cpu(),
+              "x must be contiguous float32 (N, C, H, W) on the CPU");
   TORCH_CHECK(params.size() == 10, "params: kh, kw, sh, sw, dh, dw, pad_top, pad_left, ho, wo");
   const int64_t batch = x.size(0), out_features = indptr.size(0) - 1, ho = params[8], wo = params[9];
   auto y = torch::empty({batch, out_features, ho, wo}, x.options());
@@ -403,6 +404,7 @@ int64_t preferred_tile(int64_t tokens) {
 // dozens of small layers.
 torch::Tensor linear(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor indices, torch::Tensor values,
                      torch::Tensor x, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.device().is_cpu() && values.device().is_cpu(), "prunekit's sparse kernels run on the CPU");
   const int64_t in_features = x.size(-1), out_features = indptr.size(0) - 1;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;

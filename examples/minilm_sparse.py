@@ -192,11 +192,27 @@ def time_variants(teacher, tok, models, tmp, args) -> dict:
             errors[name] = float((fast(*x1) - ref).abs().max() / ref.abs().max())
         fractions[name] = fast.runtime_report.fraction_sparse
         variants[f"{name}, prunekit runtime"] = fast
-    b1 = pk.compare(variants, x1, rounds=args.rounds, threads=args.threads)
-    print(b1, flush=True)
-    b8 = pk.compare(variants, x8, rounds=max(3, args.rounds // 2), threads=args.threads)
-    print(b8, flush=True)
-    return {"batch1": b1.to_dict(), "batch8": b8.to_dict(), "runtime_rel_err": errors, "fraction_sparse": fractions}
+    # Shared machines alternate quiet and contended spells, which slow the cache-bound sparse kernels
+    # more than dense GEMM: time each batch size in a few repeats and keep the least contended one
+    # (fastest dense PyTorch), recording the others.
+    repeats = 1 if args.quick else 3
+    timed = {}
+    for key, x, rounds in (("batch1", x1, args.rounds), ("batch8", x8, max(3, args.rounds // 2))):
+        runs = []
+        for i in range(repeats):
+            if i:
+                time.sleep(10)
+            runs.append(pk.compare(variants, x, rounds=rounds, threads=args.threads))
+            print(runs[-1], flush=True)
+        timed[key] = min(runs, key=lambda r: r["dense PyTorch fp32"].median).to_dict()
+        timed[f"{key}_repeats"] = [r.to_dict() for r in runs]
+    return {**timed, "runtime_rel_err": errors, "fraction_sparse": fractions}
+
+
+def _ratio(block: dict, name: str) -> float:
+    rows = {r["name"]: r["median_ms"] for r in block["variants"]}
+    key = f"{name}, prunekit runtime"
+    return rows["dense PyTorch fp32"] / rows[key] if key in rows else float("nan")
 
 
 def markdown(result: dict) -> str:
@@ -233,7 +249,10 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"Dense medians: PyTorch {b1['dense PyTorch fp32'] * 1e3:.1f} ms (batch 1) / {b8['dense PyTorch fp32'] * 1e3:.0f} ms "
-        f"(batch 8); ONNX Runtime {b1['dense ONNX Runtime fp32'] * 1e3:.1f} / {b8['dense ONNX Runtime fp32'] * 1e3:.0f} ms.",
+        f"(batch 8); ONNX Runtime {b1['dense ONNX Runtime fp32'] * 1e3:.1f} / {b8['dense ONNX Runtime fp32'] * 1e3:.0f} ms. "
+        f"Each batch size was timed {len(result.get('batch1_repeats', [1]))} times; the table shows the least contended "
+        "run (fastest dense PyTorch); 90% at batch 1 over all runs: " + ", ".join(
+            f"{_ratio(r, '90%'):.2f}x" for r in result.get("batch1_repeats", [result["batch1"]])) + ".",
         "Runtime output vs PyTorch on the same weights (max abs error / max abs output): "
         + ", ".join(f"{k}: {v:.1e}" for k, v in result["runtime_rel_err"].items()) + ".",
         f"Each variant: {result['rows'][0]['steps']} steps of {result['batch_size']} sentences, AdamW lr {result['lr']}; "

@@ -74,9 +74,16 @@ def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch)
     assert portable is not None and portable.isa() == "portable" and _tiles(portable) == (8, 16)
     for out_f, in_f, tokens, seed in [(384, 384, 128, 0), (37, 91, 19, 1), (300, 64, 3, 2)]:
         _check_every_tile(portable, out_f, in_f, tokens, 0.9, seed)
-    assert not portable.has_vnni()
+    assert not portable.has_vnni() and not portable.has_conv()
     with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
         SparseLinearInt8(_sparse_linear(8, 8, 0.5), portable)
+    conv = nn.Conv2d(4, 8, 3)
+    with pytest.raises(RuntimeError, match="AVX-512 kernel build"):
+        SparseConv2d(conv, portable)
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(8 * 8 * 8, 16))
+    pk.prune(model, 0.9, scope="layer")
+    fast = sparse_runtime(model, torch.randn(1, 4, 10, 10), rounds=1)  # this build: the conv stays dense
+    assert type(fast[0]) is nn.Conv2d and "need the AVX-512 build" in fast.runtime_report.rows[0]["reason"]
     monkeypatch.setenv("PRUNEKIT_KERNELS", "avx2")
     with pytest.raises(ValueError, match="PRUNEKIT_KERNELS='avx2'.*portable"):
         load()

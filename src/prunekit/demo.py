@@ -209,8 +209,7 @@ def run(cfg: DemoConfig | None = None) -> dict:
         print(f"gradual pruning: {len(pruner.log)} mask updates over {pruner.step_count} steps "
               f"({pruner.log[0]['target']:.0%} -> {pruner.log[-1]['target']:.0%}, PolynomialDecay, prunekit.Pruner)")
     print(f"file: {info}")
-    rows = fast.runtime_report.rows
-    chosen = ", ".join(f"{r['name']} {r['choice']}" for r in rows)
+    chosen = ", ".join(f"{r['name']} {r['choice']}" for r in fast.runtime_report.rows)
     print(f"sparse runtime: {fast.runtime_report.fraction_sparse:.1%} of Linear/Conv2d weights run on sparse kernels, "
           f"each layer's choice measured ({chosen}). Zeros alone in dense kernels cost the same.")
     print(f"files in {out}; total {time.perf_counter() - started:.0f} s")

@@ -46,7 +46,7 @@ def _tiles(module):
     return (8, 16, 32) if module.isa() == "avx512" else (8, 16)
 
 
-def _check_every_tile(module, out_f, in_f, tokens, sparsity, seed):
+def assert_every_tile_matches_dense(module, out_f, in_f, tokens, sparsity, seed):
     lin = _sparse_linear(out_f, in_f, sparsity, seed)
     sparse = SparseLinear(lin, module)
     x = torch.randn(tokens, in_f, generator=torch.Generator().manual_seed(seed))
@@ -64,7 +64,7 @@ def _check_every_tile(module, out_f, in_f, tokens, sparsity, seed):
 def test_every_tile_of_this_build_matches_dense(out_f, in_f, tokens, sparsity, seed):
     # sizes past the serial threshold run on the thread pool; odd sizes hit the partial-tile and
     # partial-16-row edges of the register transposes
-    _check_every_tile(kernels, out_f, in_f, tokens, sparsity, seed)
+    assert_every_tile_matches_dense(kernels, out_f, in_f, tokens, sparsity, seed)
 
 
 @needs_kernels
@@ -73,7 +73,7 @@ def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch)
     portable = load()
     assert portable is not None and portable.isa() == "portable" and _tiles(portable) == (8, 16)
     for out_f, in_f, tokens, seed in [(384, 384, 128, 0), (37, 91, 19, 1), (300, 64, 3, 2)]:
-        _check_every_tile(portable, out_f, in_f, tokens, 0.9, seed)
+        assert_every_tile_matches_dense(portable, out_f, in_f, tokens, 0.9, seed)
     assert not portable.has_vnni() and not portable.has_conv()
     with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
         SparseLinearInt8(_sparse_linear(8, 8, 0.5), portable)

@@ -32,6 +32,15 @@ class _KernelLayer(nn.Module):
     """Base of the kernel-backed layers: ``self._k`` is the compiled extension, which Python cannot
     copy or pickle, so copies carry its build name (``"avx512"`` / ``"portable"``) and load it again."""
 
+    def _adopt(self, layer: nn.Module, kernels: Any) -> torch.Tensor:
+        """Check ``layer``'s weight (float32 on the CPU), keep its bias as a buffer and the kernels; return the weight."""
+        w = layer.weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            raise ValueError(f"{type(self).__name__} needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().contiguous())
+        self._k = kernels
+        return w
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_k"] = self._k.isa()
@@ -69,13 +78,9 @@ class SparseLinear(_KernelLayer):
 
     def __init__(self, linear: nn.Linear, kernels: Any, chunks_per_thread: int = 8):
         super().__init__()
-        w = linear.weight.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            raise ValueError(f"SparseLinear needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        w = self._adopt(linear, kernels)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         _csr(w, self, chunks_per_thread)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
-        self._k = kernels
 
     @property
     def nnz(self) -> int:
@@ -109,9 +114,7 @@ class SparseLinearInt8(_KernelLayer):
         super().__init__()
         if not kernels.has_vnni():
             raise RuntimeError("SparseLinearInt8 needs a CPU with AVX-512 VNNI and the AVX-512 kernel build")
-        w = linear.weight.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            raise ValueError(f"SparseLinearInt8 needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        w = self._adopt(linear, kernels)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         groups = (self.in_features + 3) // 4
         scale = w.abs().amax(1) / 127
@@ -125,9 +128,7 @@ class SparseLinearInt8(_KernelLayer):
         self.register_buffer("packed", q[keep].contiguous().view(torch.int32).reshape(-1))  # 4 int8 per int32
         self.register_buffer("row_sums", q.sum((1, 2), dtype=torch.int32))
         self.register_buffer("scale", scale.float().contiguous())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
         self.register_buffer("chunks", _chunks(self.indptr, max(1, torch.get_num_threads() * chunks_per_thread)))
-        self._k = kernels
 
     def int8_weight(self) -> torch.Tensor:
         """The quantized weight as a dense int8 ``(out, in)`` tensor (for checks and counting)."""
@@ -164,9 +165,7 @@ class SparseConv2d(_KernelLayer):
         super().__init__()
         if not kernels.has_conv():
             raise RuntimeError("SparseConv2d needs the AVX-512 kernel build (this CPU or build has none)")
-        w = conv.weight.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            raise ValueError(f"SparseConv2d needs a float32 CPU weight, got {w.dtype} on {w.device}")
+        w = self._adopt(conv, kernels)
         if conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError(f"SparseConv2d takes groups=1 and padding_mode='zeros', got groups={conv.groups}, "
                              f"padding_mode={conv.padding_mode!r}")
@@ -179,8 +178,6 @@ class SparseConv2d(_KernelLayer):
             ph, pw = conv.padding
             self.pad = (pw, pw, ph, ph)
         _csr(w.reshape(w.shape[0], -1), self, chunks_per_thread)
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().contiguous())
-        self._k = kernels
 
     @property
     def nnz(self) -> int:

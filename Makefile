@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python examples/minilm_sparse.py
 	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py
+	$(BIN)/python bench/kernels.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -11,12 +11,15 @@
 // - AVX-512 (tiles of 16 or 32 tokens, one or two zmm per nonzero): four independent accumulator sets,
 //   because with one set every nonzero waits for the previous FMA (4-cycle latency): 1.5x measured;
 //   tiles go in and out through 16x16 register transposes (the scalar transposes took 30% of a
-//   384x1536 layer). 1.7-1.9x the portable loop on MiniLM's layers at 90% (Zen 4, 2 threads).
+//   384x1536 layer). 1.5-1.75x the portable loop on MiniLM's layers at 90% (Zen 4, 2 threads;
+//   bench/results/kernels.md).
 // - portable (any compiler, auto-vectorized): tiles of 8 or 16 tokens. Measured with GCC 12 on Zen 3:
 //   16 reached 34 GFLOP/s per core where 32 reached 10 and 64 spilled (6).
 //
 // For a single token the transposed layout wastes the tile, so spmv_rows computes plain row-wise
-// dot products with four partial sums.
+// dot products with four partial sums. `linear` is SparseLinear's whole forward in one call.
+// spmm_conv (AVX-512 build) runs Conv2d with the same row loop over pixel tiles; the int8 kernel
+// is in sparse_int8.cpp.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -38,7 +38,9 @@ class Tied(nn.Module):
 def snapshot(model: nn.Module) -> dict:
     """Everything a rejected call must leave alone: tensors bit for bit, module classes, grads."""
     return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        # raw tensors (originals under masks, mask buffers), not the state dict, which shows masked values
+        "state": {k: v.detach().clone() for k, v in [*model.named_parameters(remove_duplicate=False),
+                                                      *model.named_buffers(remove_duplicate=False)]},
         "classes": [(n, type(m).__name__) for n, m in model.named_modules()],
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "training": [m.training for m in model.modules()],

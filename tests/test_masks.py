@@ -179,3 +179,40 @@ def test_criterion_returning_the_weight_itself_does_not_modify_it():
     before = model.fc1.parametrizations.weight.original.clone()
     pk.prune(model, 0.6, criterion=lambda w, ctx: w)
     assert torch.equal(model.fc1.parametrizations.weight.original, before)
+
+
+@pytest.mark.parametrize("pattern", ["channel", "block:4x4", "block:8x1"])
+def test_expanded_masks_can_be_pruned_again_reapplied_loaded_and_resumed(pattern, tmp_path, x):
+    """Channel and row-spanning block masks were stride-0 views: every later write to them failed."""
+    model = _pruned(0.5, pattern=pattern, include=[nn.Linear])
+    assert all(pm.is_contiguous() for pm in pk.masks(model).values())
+    twin = _pruned(0.5, pattern=pattern, include=[nn.Linear])
+    pk.prune(model, 0.75, pattern=pattern, include=[nn.Linear])  # pruning again writes into the masks
+    pk.apply_masks(twin, pk.masks(model), pattern=pattern)
+    assert torch.equal(twin.fc1.parametrizations.weight[0].mask, model.fc1.parametrizations.weight[0].mask)
+    twin.load_state_dict(model.state_dict())  # resuming into a pruned twin
+    assert torch.equal(twin(x), model(x))
+    pk.save(model, tmp_path / "m.pk")
+    loaded = pk.load(tmp_path / "m.pk", _pruned(0.5, pattern=pattern, include=[nn.Linear]))
+    assert nonzeros(loaded) == nonzeros(model)
+
+
+def test_masked_state_dict_uses_plain_names_and_round_trips_bit_for_bit(x):
+    model = _pruned()
+    state = model.state_dict()
+    assert "fc1.weight" in state and "fc1.weight_mask" in state
+    assert not any(".parametrizations." in k for k in state)
+    assert torch.equal(state["fc1.weight"], model.fc1.weight.detach())  # masked values, zeros included
+    plain = Net()
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert not missing and sorted(unexpected) == sorted(k for k in state if k.endswith("_mask"))
+    assert torch.equal(plain(x), model(x))
+    live = model.state_dict(keep_vars=True)  # live tensors keep their parametrization names
+    assert live["fc1.parametrizations.weight.original"] is model.fc1.parametrizations.weight.original
+    legacy = {k.replace("fc1.weight_mask", "fc1.parametrizations.weight.0.mask"): v for k, v in state.items()}
+    legacy["fc1.parametrizations.weight.original"] = legacy.pop("fc1.weight")
+    other = _pruned(0.3)
+    other.load_state_dict(legacy)  # checkpoints written with torch's parametrization names still load
+    assert torch.equal(other(x), model(x))
+    pk.finalize(model)
+    assert sorted(model.state_dict()) == sorted(Net().state_dict())

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 from tqdm import tqdm
 
 import prunekit as pk
+from prunekit._io import write_bytes
 from prunekit.bench import compare
 from prunekit.deploy import sparse_runtime
 
@@ -146,7 +147,7 @@ def run(cfg: DemoConfig | None = None) -> dict:
     small_path = pk.structured.save(small, os.path.join(out, "channels50.safetensors"))
 
     dense_path = os.path.join(out, "dense.safetensors")
-    save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, dense_path)
+    write_bytes(dense_path, save_bytes({k: v.contiguous() for k, v in dense.state_dict().items()}))
     info = pk.save(pruned, os.path.join(out, "pruned.pk.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a machine that cannot build the kernels keeps dense layers

@@ -7,6 +7,20 @@ zero whatever an optimizer does to the original (momentum, weight decay), and be
 module with a buffer, ``copy.deepcopy``, ``state_dict``/``load_state_dict`` and ``torch.compile``
 work (the three open pains of ``torch.nn.utils.prune``).
 
+What a masked model's ``state_dict()`` holds: the names of the unpruned model, so any plain copy
+of the architecture (``from_pretrained``, ``load_state_dict(..., strict=False)``) loads it with its
+zeros, plus one boolean entry per mask:
+
+* ``"fc1.weight"``: the weight as forward sees it (``where(mask, original, 0)``); the values under
+  the mask are not kept (like :func:`prunekit.save`);
+* ``"fc1.weight_mask"``: the mask, True = kept (``torch.nn.utils.prune``'s name).
+
+``load_state_dict`` into a masked model maps both back onto the original and the mask (so a
+checkpoint resumes with its masks); into a plain model, drop the ``*_mask`` entries or pass
+``strict=False``. Checkpoints written before this layout (``parametrizations.weight.original`` /
+``.0.mask`` keys) load into masked models unchanged. With ``keep_vars=True`` the live
+parametrization tensors are returned under their ``parametrizations`` names.
+
 Only this module attaches, reads, replaces and removes masks.
 """
 
@@ -23,6 +37,7 @@ from prunekit.targets import Target, param_index
 
 __all__ = [
     "PruningMask",
+    "Undo",
     "attach",
     "find_mask",
     "masks",
@@ -31,6 +46,12 @@ __all__ = [
     "from_torch_prune",
     "effective",
 ]
+
+
+def _module(model, fn: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
 
 
 def _compiling() -> bool:
@@ -52,7 +73,8 @@ class PruningMask(nn.Module):
 
     def __init__(self, mask: torch.Tensor, pattern: str = "unstructured"):
         super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool))
+        # a private, contiguous copy: expanded views (channel and block masks) cannot be written in place
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone(memory_format=torch.contiguous_format))
         self.pattern = str(pattern)
         self._cache: tuple | None = None
 
@@ -107,6 +129,76 @@ def effective(module: nn.Module, name: str) -> torch.Tensor:
         return getattr(module, name).detach()
 
 
+def _plain_masks(module: nn.Module):
+    """``(name, PruningMask)`` for each tensor of ``module`` whose only parametrization is a mask."""
+    if not parametrize.is_parametrized(module):
+        return []
+    return [(n, plist[0]) for n, plist in module.parametrizations.items()
+            if len(plist) == 1 and isinstance(plist[0], PruningMask)]
+
+
+def _state_dict_hook(module, state_dict, prefix, local_metadata) -> None:
+    """Write masked tensors under their plain names (see the module docstring)."""
+    for name, _ in _plain_masks(module):
+        okey, mkey = f"{prefix}parametrizations.{name}.original", f"{prefix}parametrizations.{name}.0.mask"
+        if okey not in state_dict or mkey not in state_dict or isinstance(state_dict[okey], nn.Parameter):
+            continue  # keep_vars=True: the caller wants the live tensors
+        original, mask = state_dict.pop(okey), state_dict.pop(mkey)
+        state_dict[prefix + name] = torch.where(mask, original, 0)
+        state_dict[f"{prefix}{name}_mask"] = mask
+
+
+def _legacy_state_dict_hook(module, state_dict, prefix, local_metadata) -> None:
+    _state_dict_hook(module, state_dict, prefix, local_metadata)
+
+
+def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    """Map plain names (``weight``, ``weight_mask``) back onto the original and the mask."""
+    for name, _ in _plain_masks(module):
+        okey, mkey = f"{prefix}parametrizations.{name}.original", f"{prefix}parametrizations.{name}.0.mask"
+        if prefix + name in state_dict and okey not in state_dict:
+            state_dict[okey] = state_dict.pop(prefix + name)
+        if f"{prefix}{name}_mask" in state_dict and mkey not in state_dict:
+            state_dict[mkey] = state_dict.pop(f"{prefix}{name}_mask")
+
+
+def _load_post_hook(module, incompatible_keys) -> None:
+    """Report a missing mask or weight under the plain name the state dict uses."""
+    keys = incompatible_keys.missing_keys
+    for i, key in enumerate(keys):
+        head, sep, tail = key.rpartition("parametrizations.")
+        if not sep:
+            continue
+        if tail.endswith(".0.mask"):
+            keys[i] = f"{head}{tail[: -len('.0.mask')]}_mask"
+        elif tail.endswith(".original"):
+            keys[i] = f"{head}{tail[: -len('.original')]}"
+
+
+_HOOKS = (_state_dict_hook, _legacy_state_dict_hook, _load_hook, _load_post_hook)
+
+
+def _is_ours(hook) -> bool:
+    return getattr(hook, "hook", hook) in _HOOKS  # load pre-hooks are wrapped by torch
+
+
+def _add_hooks(module: nn.Module) -> None:
+    if any(_is_ours(h) for h in module._state_dict_hooks.values()):
+        return
+    if hasattr(module, "register_state_dict_post_hook"):
+        module.register_state_dict_post_hook(_state_dict_hook)
+    else:  # torch < 2.5
+        module._register_state_dict_hook(_legacy_state_dict_hook)
+    module._register_load_state_dict_pre_hook(_load_hook, with_module=True)
+    module.register_load_state_dict_post_hook(_load_post_hook)
+
+
+def _remove_hooks(module: nn.Module) -> None:
+    for hooks in (module._state_dict_hooks, module._load_state_dict_pre_hooks, module._load_state_dict_post_hooks):
+        for key in [k for k, h in hooks.items() if _is_ours(h)]:
+            del hooks[key]
+
+
 def attach(target: Target, mask: torch.Tensor, pattern: str) -> None:
     """Set ``target``'s mask to ``mask`` (replacing any), on every alias of a tied tensor.
 
@@ -130,6 +222,51 @@ def attach(target: Target, mask: torch.Tensor, pattern: str) -> None:
         if find_mask(module, name) is None:
             _own_class(module)
             parametrize.register_parametrization(module, name, existing, unsafe=True)
+            _add_hooks(module)
+
+
+class Undo:
+    """What a multi-layer operation changed, so that a failure part-way can put it all back.
+
+    Call :meth:`touch` on a target before changing its weight or mask; :meth:`restore` returns every
+    touched weight to its value and mask (or to having none) at that moment. Holds one copy of each
+    touched weight until the operation ends.
+
+    Example:
+        >>> undo = Undo()
+        >>> try:
+        ...     for t in targets:
+        ...         undo.touch(t); change(t)
+        ... except BaseException:
+        ...     undo.restore(); raise
+    """
+
+    def __init__(self):
+        self._saved: dict[int, tuple] = {}
+
+    def touch(self, target: Target) -> None:
+        if id(target) in self._saved:
+            return
+        pm = find_mask(target.module, target.name)
+        state = None if pm is None else (pm.mask.detach().clone(), pm.pattern)
+        self._saved[id(target)] = (target, target.param.detach().clone(), state)
+
+    def restore(self) -> None:
+        for target, value, state in reversed(list(self._saved.values())):
+            pm = find_mask(target.module, target.name)
+            if state is None and pm is not None:
+                for module, name, _, _ in target.aliases:
+                    if find_mask(module, name) is not None:
+                        _own_class(module)
+                        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+                        if not parametrize.is_parametrized(module):
+                            _remove_hooks(module)
+            elif state is not None:
+                pm.mask.copy_(state[0])
+                pm.pattern = state[1]
+            with torch.no_grad():
+                target.param.copy_(value)
+        self._saved.clear()
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -144,6 +281,7 @@ def masks(model: nn.Module) -> dict[str, torch.Tensor]:
         >>> prunekit.masks(m)["weight"].sum().item()
         16
     """
+    _module(model, "masks")
     out = {}
     for fqn, t in param_index(model).items():
         if fqn != t.fqn:
@@ -170,6 +308,7 @@ def apply_masks(model: nn.Module, mask_dict: Mapping[str, torch.Tensor], pattern
     Example:
         >>> saved = prunekit.masks(pruned); prunekit.apply_masks(fresh_model, saved)
     """
+    _module(model, "apply_masks")
     if not isinstance(mask_dict, Mapping):
         raise TypeError(f"masks must be a dict {{name: bool tensor}}, got {type(mask_dict).__name__}")
     index = param_index(model)
@@ -217,6 +356,7 @@ def finalize(model: nn.Module) -> nn.Module:
     Example:
         >>> prunekit.prune(model, 0.9); prunekit.finalize(model)   # plain nn.Linear/Conv again
     """
+    _module(model, "finalize")
     for pm, holders in _masked_groups(model):
         module, name = holders[0]
         baked = effective(module, name).clone()
@@ -227,6 +367,8 @@ def finalize(model: nn.Module) -> nn.Module:
             if original is None:
                 original = plist.original
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            if not parametrize.is_parametrized(module):
+                _remove_hooks(module)
         if original.shape != baked.shape:
             raise ValueError(f"cannot finalize: a parametrization changes the shape of {name!r}")
         with torch.no_grad():
@@ -248,6 +390,7 @@ def from_torch_prune(model: nn.Module) -> nn.Module:
         >>> torch.nn.utils.prune.l1_unstructured(model.fc, "weight", 0.5)
         >>> prunekit.from_torch_prune(model); prunekit.masks(model)["fc.weight"]
     """
+    _module(model, "from_torch_prune")
     found = []
     for module in model.modules():
         for hook_id, hook in list(module._forward_pre_hooks.items()):

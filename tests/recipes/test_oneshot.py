@@ -136,3 +136,36 @@ def test_bad_input_changes_nothing(kwargs, error, words):
     with pytest.raises(error, match=words):
         oneshot(model, **args)
     assert_unchanged(model, before)
+
+
+def test_non_contiguous_weights_prune_like_contiguous_ones():
+    model, twin = llama(), llama()
+    for m in (model.model.layers[1].mlp.up_proj,):
+        m.weight = nn.Parameter(m.weight.detach().t().contiguous().t())  # same values, transposed storage
+    assert not model.model.layers[1].mlp.up_proj.weight.is_contiguous()
+    oneshot(model, calibration(), method="sparsegpt", sparsity=0.5)
+    oneshot(twin, calibration(), method="sparsegpt", sparsity=0.5)
+    for name, mask in pk.masks(twin).items():
+        assert torch.equal(pk.masks(model)[name], mask), name
+
+
+def test_a_failure_in_a_later_block_puts_the_earlier_blocks_back(monkeypatch):
+    """All or nothing: SparseGPT changes weights block by block, so a late failure must undo them."""
+    import sys
+
+    module = sys.modules["prunekit.recipes.oneshot"]  # the package re-exports the function under this name
+    model = llama()
+    before = snapshot(model)
+    real, calls = module.sparsegpt_prune, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 10:  # a layer of the second block
+            raise torch.linalg.LinAlgError("the Hessian is not positive definite")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "sparsegpt_prune", flaky)
+    with pytest.raises(torch.linalg.LinAlgError):
+        oneshot(model, calibration(), method="sparsegpt", sparsity=0.5)
+    assert len(calls) == 10 and pk.masks(model) == {}
+    assert_unchanged(model, before)

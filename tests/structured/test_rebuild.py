@@ -150,6 +150,9 @@ def test_target_macs_and_params():
     model = resnet18(num_classes=10)
     report = prune_channels(model, x, target_params=0.4)
     assert report.params[1] <= 0.4 * params0 and report.params[1] > 0.25 * params0
+    model = resnet18(num_classes=10)
+    report = prune_channels(model, x, target_macs=int(0.5 * macs0))  # an absolute count is an int
+    assert report.macs[1] <= 0.5 * macs0 and report.macs[1] > 0.35 * macs0
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "fpgm", "random", "taylor"])
@@ -231,6 +234,8 @@ def test_sparse_and_structured_training_keeps_zeros():
     ({}, "exactly one of"),
     ({"ratio": 0.5, "target_macs": 0.5}, "exactly one of"),
     ({"target_macs": 0}, "target_macs=0"),
+    ({"target_macs": 2.0}, "target_macs=2.0 must be a fraction to keep in \\(0, 1\\] as a float"),
+    ({"target_params": 10 ** 12}, "more than the model has"),
     ({"ratio": 0.5, "criterion": "magic"}, "criterion='magic'"),
     ({"ratio": 0.5, "scope": "model"}, "scope='model'"),
     ({"ratio": 0.5, "round_to": 0}, "round_to=0"),

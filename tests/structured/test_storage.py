@@ -43,14 +43,52 @@ def test_save_and_load_hugging_face(tmp_path, minilm):
     assert fresh.encoder.layer[0].attention.self.num_attention_heads == 6
 
 
-def test_load_refuses_other_files_and_models(tmp_path):
+def test_one_file_format_for_masks_and_structure(tmp_path):
+    """structured.save and prunekit.save write one format; either loader reads either file."""
     model = nn.Linear(4, 4)
+    pk.prune(model, 0.5)
     pk.save(model, tmp_path / "masks.safetensors")
-    with pytest.raises(ValueError, match="not a prunekit structured file"):
-        pk.structured.load(model, tmp_path / "masks.safetensors")
+    fresh = pk.structured.load(nn.Linear(4, 4), tmp_path / "masks.safetensors")
+    assert torch.equal(pk.masks(fresh)["weight"], pk.masks(model)["weight"])
     path = pk.structured.save(nn.Linear(4, 4), tmp_path / "s.safetensors")
     other = nn.Sequential(nn.Linear(4, 4))
     before = snapshot(other)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="different model"):
         pk.structured.load(other, path)
     assert_unchanged(other, before)
+    with pytest.raises(TypeError, match="takes \\(model, path\\)"):
+        pk.structured.load(path, other)
+
+
+def test_prune_channels_then_plain_save_and_load_resize_a_fresh_model(tmp_path):
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()  # noqa: E731
+    model, x = make(), torch.randn(3, 16)
+    prune_channels(model, x, ratio=0.5, round_to=None)
+    pk.prune(model, 0.5)  # masks on top of the smaller layers
+    nz = pk.sparsity_report(model).nonzeros
+    pk.save(model, tmp_path / "small.safetensors")
+    fresh = pk.load(tmp_path / "small.safetensors", make())
+    assert fresh[0].out_features == 32 and fresh[2].in_features == 32
+    assert pk.sparsity_report(fresh).nonzeros == nz
+    torch.testing.assert_close(fresh(x), model(x))
+    pk.finalize(fresh)  # saved again, the sizes go with it
+    pk.save(fresh, tmp_path / "again.safetensors")
+    assert pk.load(tmp_path / "again.safetensors", make())[0].out_features == 32
+
+
+def test_wider_file_or_masked_target_is_refused_unchanged(tmp_path):
+    small = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8))
+    prune_channels(small, torch.randn(2, 16), ratio=0.5, round_to=None)
+    pk.save(small, tmp_path / "small.safetensors")
+    narrower = nn.Sequential(nn.Linear(16, 2), nn.ReLU(), nn.Linear(2, 8))  # the file would have to grow it
+    before = snapshot(narrower)
+    with pytest.raises(ValueError, match="shape differs"):
+        pk.load(tmp_path / "small.safetensors", narrower)
+    assert_unchanged(narrower, before)
+    masked = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8))
+    pk.prune(masked, 0.5)
+    before = snapshot(masked)
+    with pytest.raises(ValueError, match="unpruned instance"):
+        pk.load(tmp_path / "small.safetensors", masked)
+    assert_unchanged(masked, before)

@@ -27,21 +27,20 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from prunekit.masks import attach, effective, find_mask
+from prunekit._io import check_input_file, check_output_path, write_bytes
+from prunekit.deploy._format import FORMAT, read_file, stored_bytes_bound
+from prunekit.masks import Undo, attach, effective, find_mask
+from prunekit.structured.storage import resize_, size_attrs
 from prunekit.targets import param_index
 
-__all__ = ["save", "load", "SaveInfo", "FORMAT"]
-
-FORMAT = "prunekit.sparse.v1"
+__all__ = ["save", "load", "read_header", "describe", "SaveInfo", "FORMAT"]
 
 
 @dataclass
@@ -65,14 +64,21 @@ class SaveInfo:
 
 
 def _clean_state(model: nn.Module):
-    """``(tensors, info, aliases)``: effective values by unpruned name, ties folded into aliases."""
+    """``(tensors, info, aliases)``: effective values by unpruned name, ties folded into aliases.
+
+    Works from the parameters themselves (masks applied) and the state dict's buffers, so it does
+    not depend on how the state dict spells masked tensors.
+    """
     index = param_index(model)
+    masked_keys = {f"{fqn}_mask" for fqn, t in index.items() if find_mask(t.module, t.name) is not None}
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, dict] = {}
     aliases: dict[str, str] = {}
     seen_ptr: dict[tuple, str] = {}
     for key, value in model.state_dict().items():
-        if ".parametrizations." in f".{key}":
+        if key in masked_keys:
+            continue
+        if ".parametrizations." in f".{key}":  # masks stacked with other parametrizations keep torch's names
             head, _, rest = f".{key}".rpartition(".parametrizations.")
             tname, _, leaf = rest.partition(".")
             if leaf != "original":
@@ -100,9 +106,6 @@ def _clean_state(model: nn.Module):
     return tensors, info, aliases
 
 
-_XZ_MAGIC = b"\xfd7zXZ\x00"
-
-
 _LEVELS = {"int8": 127, "int4": 7}
 
 
@@ -123,20 +126,16 @@ def _pack4(q: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy((u[0::2] << 4) | u[1::2])
 
 
-def _unpack4(packed: torch.Tensor, n: int) -> torch.Tensor:
-    p = packed.numpy()
-    u = np.empty(p.size * 2, dtype=np.int16)
-    u[0::2], u[1::2] = p >> 4, p & 15
-    return torch.from_numpy((u[:n] - 8).astype(np.int8))
-
-
 def save(model: nn.Module, path: str | os.PathLike, quantize: str | None = None, compress: str | None = None) -> SaveInfo:
     """Write ``model``'s weights and masks to a compressed sparse safetensors file.
 
     Changes nothing in the model. Load with :func:`load` into a fresh instance of the same class.
+    A model pruned with ``prunekit.structured.prune_channels`` is saved with its smaller sizes, and
+    :func:`load` resizes a fresh instance to them. The file is written beside ``path`` and renamed
+    over it, so an interrupted save leaves any previous file intact.
 
     Args:
-        model: the model (masked or finalized).
+        model: the model (masked, finalized, or structurally pruned).
         path: the file to write.
         quantize: None (exact), ``"int8"`` or ``"int4"`` (weights of 2+ dims quantized symmetrically
             with one scale per output row, int4 packed two per byte; lossy, zeros stay zero).
@@ -149,12 +148,17 @@ def save(model: nn.Module, path: str | os.PathLike, quantize: str | None = None,
         >>> info = prunekit.save(model, "model.pk.safetensors"); print(info)
         model.pk.safetensors: 0.056 MB sparse vs 0.420 MB dense (0.133x)
     """
+    return _save(model, path, quantize, compress, structured=bool(getattr(model, "_prunekit_structured", False)))
+
+
+def _save(model: nn.Module, path, quantize, compress, structured: bool) -> SaveInfo:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if quantize not in (None, *_LEVELS):
         raise ValueError(f"quantize={quantize!r} is unknown; use None, 'int8' or 'int4'")
     if compress not in (None, "lzma"):
         raise ValueError(f"compress={compress!r} is unknown; use None or 'lzma'")
+    path = check_output_path(path, "path")
     tensors, info, aliases = _clean_state(model)
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}
@@ -186,62 +190,47 @@ def save(model: nn.Module, path: str | os.PathLike, quantize: str | None = None,
         out[key] = _pack4(stored) if entry.get("quant") == "int4-row" else stored
         meta[name] = entry
     header = {"format": FORMAT, "tensors": meta, "aliases": aliases, "model_class": type(model).__name__}
-    path = os.fspath(path)
+    if structured:
+        header["structured"] = size_attrs(model)
     blob = save_bytes(out, metadata={"prunekit": json.dumps(header)})
     if compress == "lzma":
         blob = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
-    with open(path, "wb") as f:
-        f.write(blob)
+    write_bytes(path, blob, "path")
     return SaveInfo(path, os.path.getsize(path), dense_bytes)
 
 
-def _read(path: str):
-    with open(path, "rb") as f:
-        compressed = f.read(6) == _XZ_MAGIC
-    if compressed:
-        with tempfile.TemporaryDirectory(prefix="prunekit-") as tmp:
-            plain = os.path.join(tmp, "model.safetensors")
-            with open(path, "rb") as f, open(plain, "wb") as g:
-                g.write(lzma.decompress(f.read()))
-            return _read_plain(plain, path)
-    return _read_plain(path, path)
+def read_header(path: str | os.PathLike) -> dict:
+    """The validated prunekit header of a file (tensor names, shapes, encodings), without its data.
+
+    Raises:
+        ValueError: not a prunekit file, or damaged. FileNotFoundError: no such file.
+    """
+    path = check_input_file(path, "path")
+    return read_file(path, path, header_only=True)
 
 
-def _read_plain(path: str, label: str):
-    try:
-        handle = safe_open(path, framework="pt")
-    except Exception as e:
-        raise ValueError(f"{label} is not a prunekit file (not safetensors: {e})") from None
-    with handle as f:
-        raw = (f.metadata() or {}).get("prunekit")
-        if raw is None:
-            raise ValueError(f"{label} is not a prunekit file (no 'prunekit' header); write it with prunekit.save")
-        header = json.loads(raw)
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{label} has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
-        decoded = {}
-        for name, entry in header["tensors"].items():
-            shape = torch.Size(entry["shape"])
-            mask = None
-            int4 = entry.get("quant") == "int4-row"
-            if entry["encoding"] == "dense":
-                value = f.get_tensor(name)
-                value = _unpack4(value, shape.numel()).reshape(shape) if int4 else value
-            else:
-                n = shape.numel()
-                mask = torch.from_numpy(np.unpackbits(f.get_tensor(f"{name}/bitmask").numpy(), count=n).astype(bool))
-                values = f.get_tensor(f"{name}/values")
-                values = _unpack4(values, int(mask.sum())) if int4 else values
-                value = torch.zeros(n, dtype=values.dtype)
-                value[mask] = values
-                value = value.reshape(shape)
-                mask = mask.reshape(shape) if entry.get("masked") else None
-            if entry.get("quant") in ("int8-row", "int4-row"):
-                scale = f.get_tensor(f"{name}/scale")
-                rows = value.reshape(shape[0], -1).float() * scale[:, None]
-                value = rows.reshape(shape).to(getattr(torch, entry["dtype"]))
-            decoded[name] = (value, mask)
-    return header, decoded
+def describe(path: str | os.PathLike) -> tuple[dict, list[dict]]:
+    """``(header, rows)``: per stored tensor its name, shape, encoding, pattern, numel and nonzeros."""
+    path = check_input_file(path, "path")
+    header, decoded = read_file(path, path)
+    rows = []
+    for name, (value, mask) in decoded.items():
+        e = header["tensors"][name]
+        rows.append({"name": name, "shape": list(value.shape), "encoding": e["encoding"], "pattern": e.get("pattern"),
+                     "quant": e.get("quant"), "numel": value.numel(), "nonzeros": int(torch.count_nonzero(value))})
+    return header, rows
+
+
+def _model_budget(tensors: dict[str, torch.Tensor]):
+    """A byte budget for reading a file into a model holding ``tensors``: what its entries could need
+    at the model's own sizes, so a file cannot claim more than the model can take."""
+    limit = sum(v.numel() * max(v.element_size(), 1) + (v.numel() + 7) // 8 + 8 + 4 * (v.shape[0] if v.dim() else 1)
+                for v in tensors.values())
+
+    def budget(header: dict) -> int:
+        return min(limit, stored_bytes_bound(header["tensors"]))
+
+    return budget
 
 
 def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
@@ -249,6 +238,8 @@ def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.M
 
     Changes: copies every stored value into the model's tensors (same ``nn.Parameter`` objects) and
     re-attaches the saved masks, so the model matches the saved one exactly, zeros and masks included.
+    A file of a structurally pruned model first resizes the model's layers to the file's sizes
+    (channels, heads, features only shrink). All or nothing: a refused file leaves the model as it was.
 
     Args:
         path: the file.
@@ -256,45 +247,67 @@ def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.M
         strict: require every parameter and buffer of the model to be in the file.
 
     Raises:
-        ValueError: the file is not a prunekit file, or it is from a different model (names or shapes
-            differ; the message lists them). Nothing is changed then.
+        ValueError: the file is not a prunekit file, is damaged, or is from a different model (names
+            or shapes differ; the message lists them). Nothing is changed then.
 
     Example:
         >>> model = prunekit.load("model.pk.safetensors", MyNet())
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path={path!r} does not exist")
-    header, decoded = _read(path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    path = check_input_file(path, "path")
     tensors, info, _ = _clean_state(model)
-    index = param_index(model)
-    missing = [n for n in decoded if n not in tensors]
-    wrong = [
-        f"{n}: file {tuple(decoded[n][0].shape)} vs model {tuple(tensors[n].shape)}"
-        for n in decoded
-        if n in tensors and decoded[n][0].shape != tensors[n].shape
-    ]
-    absent = [n for n in tensors if n not in decoded] if strict else []
+    header = read_file(path, path, header_only=True)
+    shapes = {n: torch.Size(e["shape"]) for n, e in header["tensors"].items()}
+    structured = header.get("structured")
+    missing = [n for n in shapes if n not in tensors]
+    wrong = [f"{n}: file {tuple(shapes[n])} vs model {tuple(tensors[n].shape)}" for n in shapes
+             if n in tensors and shapes[n] != tensors[n].shape and not (structured and _shrinks(shapes[n], tensors[n].shape))]
+    absent = [n for n in tensors if n not in shapes] if strict else []
     if missing or wrong or absent:
         raise ValueError(
             f"{path} is from a different model (saved from {header.get('model_class')}, loading into "
             f"{type(model).__name__}): not in the model {missing[:5]}, shape differs {wrong[:5]}, "
             f"not in the file {absent[:5]}. Load into an instance built like the saved one"
         )
+    header, decoded = read_file(path, path, budget=_model_budget(tensors))
     unmask = [n for n, (_, mask) in decoded.items() if mask is None and info[n]["masked"]]
     if unmask:
         raise ValueError(
             f"the model has masks on {unmask[:5]} but the file stores them unmasked; load into an unpruned "
             "instance or call prunekit.finalize(model) first"
         )
+    resized = [n for n in decoded if decoded[n][0].shape != tensors[n].shape]
+    if resized and any(find_mask(t.module, t.name) is not None for t in param_index(model).values()):
+        raise ValueError(f"{path} holds a structurally pruned model; load it into a fresh, unpruned instance")
+    undo_sizes = resize_(model, structured, {n: decoded[n][0].shape for n in resized}) if resized else None
+    undo = Undo()
     buffers = dict(model.named_buffers(remove_duplicate=False))
-    with torch.no_grad():
-        for name, (value, mask) in decoded.items():
-            if name in index:
-                t = index[name]
-                t.param.copy_(value)
-                if mask is not None:
-                    attach(t, mask.to(t.param.device), header["tensors"][name].get("pattern") or "unstructured")
-            else:
-                buffers[name].copy_(value)
+    saved_buffers = {n: buffers[n].detach().clone() for n in decoded if n not in param_index(model) and n in buffers}
+    try:
+        index = param_index(model)
+        with torch.no_grad():
+            for name, (value, mask) in decoded.items():
+                if name in index:
+                    t = index[name]
+                    undo.touch(t)
+                    t.param.copy_(value)
+                    if mask is not None:
+                        attach(t, mask.to(t.param.device), header["tensors"][name].get("pattern") or "unstructured")
+                else:
+                    buffers[name].copy_(value)
+    except BaseException:
+        undo.restore()
+        with torch.no_grad():
+            for n, v in saved_buffers.items():
+                buffers[n].copy_(v)
+        if undo_sizes is not None:
+            undo_sizes()
+        raise
+    if structured:
+        model._prunekit_structured = True
     return model
+
+
+def _shrinks(file_shape: torch.Size, model_shape: torch.Size) -> bool:
+    return len(file_shape) == len(model_shape) and all(a <= b for a, b in zip(file_shape, model_shape))

@@ -30,7 +30,7 @@ from torch import nn
 
 from prunekit._checks import fraction
 from prunekit._data import InputStats, eval_mode, forward_batch
-from prunekit.masks import attach, find_mask
+from prunekit.masks import Undo, attach, find_mask
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.pruning import prune
 from prunekit.report import SparsityReport, sparsity_report
@@ -94,9 +94,9 @@ def sparsegpt_prune(
     Returns:
         ``(new_weight, keep_mask)``: the updated weight (zeros at pruned entries) and the mask.
     """
-    W = weight.detach().float().clone()
+    W = weight.detach().float().clone(memory_format=torch.contiguous_format)
     rows, cols = W.shape
-    H = hessian.float().clone()
+    H = hessian.float().clone(memory_format=torch.contiguous_format)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -143,8 +143,10 @@ def sparsegpt_prune(
     return W.masked_fill(~keep, 0.0).to(weight.dtype), keep
 
 
-def _prune_layers(targets: list[Target], stats: dict[int, InputStats], method: str, s: float, pattern, blocksize, percdamp):
+def _prune_layers(targets: list[Target], stats: dict[int, InputStats], method: str, s: float, pattern, blocksize, percdamp,
+                  undo: Undo):
     for t in targets:
+        undo.touch(t)
         st = stats[id(t)]
         pm = find_mask(t.module, t.name)
         old = None if pm is None else pm.mask.cpu()
@@ -231,13 +233,18 @@ def oneshot(
         raise ValueError("calibration is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
 
     started = time.perf_counter()
-    with eval_mode(model), torch.no_grad():
-        if blocks is None:
-            warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from one "
-                          "pass of the whole model, all layers pruned together", stacklevel=2)
-            _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp)
-        else:
-            _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp)
+    undo = Undo()  # all-or-nothing: a failure in a later block puts the earlier ones back
+    try:
+        with eval_mode(model), torch.no_grad():
+            if blocks is None:
+                warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from "
+                              "one pass of the whole model, all layers pruned together", stacklevel=2)
+                _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp, undo)
+            else:
+                _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp, undo)
+    except BaseException:
+        undo.restore()
+        raise
     report = sparsity_report(model)
     report.seconds = time.perf_counter() - started
     return report
@@ -252,7 +259,7 @@ def _run(model, batch, i):
         raise ValueError(f"calibration batch {i} does not run the model: {type(e).__name__}: {e}") from e
 
 
-def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp):
+def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp, undo):
     stats = {id(t): InputStats(t.module, method == "sparsegpt") for t in targets}
     try:
         for i, batch in enumerate(batches):
@@ -260,10 +267,10 @@ def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp):
     finally:
         for st in stats.values():
             st.remove()
-    _prune_layers(targets, stats, method, s, pat, blocksize, percdamp)
+    _prune_layers(targets, stats, method, s, pat, blocksize, percdamp, undo)
 
 
-def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, blocksize, percdamp):
+def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, blocksize, percdamp, undo):
     captured: list[tuple[tuple, dict]] = []
 
     def catch(module, args, kwargs):
@@ -291,7 +298,7 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, 
         finally:
             for st in stats.values():
                 st.remove()
-        _prune_layers(mine, stats, method, s, pat, blocksize, percdamp)
+        _prune_layers(mine, stats, method, s, pat, blocksize, percdamp, undo)
         del stats
         nxt = []
         for args, kwargs in captured:

@@ -364,8 +364,13 @@ def _validate(model, ratio, criterion, scope, round_to, max_ratio, target_macs, 
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
         raise ValueError(f"ratio={ratio!r} must be a fraction of channels to remove in [0, 1), e.g. 0.3")
     for name, v in (("target_macs", target_macs), ("target_params", target_params)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            raise ValueError(f"{name}={v!r} must be a fraction to keep in (0, 1] or an absolute count > 1")
+        if v is None:
+            continue
+        fraction_ok = isinstance(v, float) and math.isfinite(v) and 0 < v <= 1
+        count_ok = isinstance(v, int) and not isinstance(v, bool) and v > 1
+        if not (fraction_ok or count_ok):
+            raise ValueError(f"{name}={v!r} must be a fraction to keep in (0, 1] as a float (e.g. 0.5) or an "
+                             f"absolute count as an int (e.g. {name}=2_000_000)")
     if not callable(criterion) and criterion not in CRITERIA:
         raise ValueError(f"criterion={criterion!r} is unknown; use one of {CRITERIA} or a function (model, group) -> scores")
     if scope not in ("layer", "global"):
@@ -436,13 +441,18 @@ def prune_channels(
                expected)  # learn which groups the model's own code keeps, before searching
         goal = target_macs if target_macs is not None else target_params
         base = macs0 if target_macs is not None else params0
-        want = goal * base if goal <= 1 else goal
+        want = goal * base if isinstance(goal, float) else goal
+        if want > base:
+            name = "target_macs" if target_macs is not None else "target_params"
+            raise ValueError(f"{name}={goal!r} asks to keep {want:,.0f}, more than the model has ({base:,}); "
+                             "give a smaller count or a fraction in (0, 1]")
         ratio = _search(model, example_inputs, found, t, criterion, scope, round_to, max_ratio, seed,
                         lambda m: count_macs_params(m, example_inputs)[0 if target_macs is not None else 1], want)
     counter = Counter()
     layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected,
                           counter)
     macs1, params1 = counter.macs, sum(p.numel() for p in model.parameters())
+    model._prunekit_structured = True  # prunekit.save records the new sizes; prunekit.load restores them
     return StructuredReport(macs=(macs0, macs1), params=(params0, params1), layers=layers,
                             groups=[(g, len(g)) for g in found], criterion=getattr(criterion, "__name__", str(criterion)),
                             scope=scope, ratio=float(ratio), kept_by_module=kept)

@@ -1,16 +1,21 @@
 """Save a structurally pruned model and rebuild it from a fresh instance of its class.
 
-The file is plain safetensors: the state dict, plus JSON metadata with every module's size
+Structurally pruned models use prunekit's one file format (:func:`prunekit.save` /
+:func:`prunekit.load`): the tensors, plus a ``structured`` section with every module's size
 attributes (``in_features``, ``out_channels``, ``groups``, ``num_heads``...) and the classes prunekit
 switched (head-pruned ``nn.MultiheadAttention``). Loading builds nothing from the file but tensors:
-the caller makes the model (``torchvision.models.resnet50()``, ``BertModel(config)``), and
-:func:`load` resizes its tensors and attributes to the file's, then loads the weights.
+the caller makes the model (``torchvision.models.resnet50()``, ``BertModel(config)``), and loading
+resizes its tensors and attributes to the file's, then copies the weights. ``prune_channels``
+marks the model it shrinks, so ``prunekit.save`` records the sizes without being told.
+
+:func:`save` / :func:`load` here are the same thing with this package's argument order; files
+written by older versions (format ``prunekit-structured/1``) still load.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,23 +23,14 @@ from torch import nn
 from prunekit.structured.attention import HeadPrunedMultiheadAttention
 from prunekit.structured.rebuild import HEAD_ATTRS
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "size_attrs", "resize_"]
 
 SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
               "normalized_shape", "num_channels", "embedding_dim", "num_parameters", *HEAD_ATTRS)
-FORMAT = "prunekit-structured/1"
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> str:
-    """Write ``model``'s weights and pruned sizes to ``path`` (safetensors). Changes nothing.
-
-    Example:
-        >>> prunekit.structured.prune_channels(model, x, ratio=0.5)
-        >>> prunekit.structured.save(model, "small.safetensors")
-        >>> small = prunekit.structured.load(torchvision.models.resnet50(), "small.safetensors")
-    """
-    from safetensors.torch import save_file
-
+def size_attrs(model: nn.Module) -> dict:
+    """``{"attrs": {module: {attr: size}}, "classes": {module: class name}}`` of ``model``."""
     attrs, classes = {}, {}
     for name, m in model.named_modules():
         found = {}
@@ -46,55 +42,85 @@ def save(model: nn.Module, path: str | os.PathLike) -> str:
             attrs[name] = found
         if isinstance(m, HeadPrunedMultiheadAttention):
             classes[name] = "HeadPrunedMultiheadAttention"
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "attrs": json.dumps(attrs), "classes": json.dumps(classes)}
-    save_file(state, os.fspath(path), metadata=meta)
-    return os.fspath(path)
+    return {"attrs": attrs, "classes": classes}
+
+
+def resize_(model: nn.Module, sizes: dict, shapes: dict[str, torch.Size]) -> Callable[[], None]:
+    """Set ``model``'s size attributes to ``sizes`` and give each tensor named in ``shapes`` a new,
+    uninitialised tensor of that shape (the caller fills it). Returns a function that undoes it all.
+
+    Raises:
+        ValueError: ``sizes`` names a module ``model`` does not have (nothing is changed then).
+    """
+    modules = dict(model.named_modules())
+    unknown = [n for n in list(sizes["attrs"]) + list(sizes["classes"]) if n not in modules]
+    if unknown:
+        raise ValueError(f"the file's sizes name modules this model does not have: {unknown[:5]}; load it into "
+                         "an instance built like the saved one")
+    undo: list[Callable[[], None]] = []
+
+    def remember(store, key):
+        old = store[key]
+        undo.append(lambda: store.__setitem__(key, old))
+
+    for name, values in sizes["attrs"].items():
+        m = modules[name]
+        for a, v in values.items():
+            if hasattr(m, a):
+                undo.append(lambda m=m, a=a, old=getattr(m, a): object.__setattr__(m, a, old))
+            object.__setattr__(m, a, tuple(v) if isinstance(v, list) else v)
+    for name in sizes["classes"]:
+        m = modules[name]
+        if type(m) is nn.MultiheadAttention:
+            undo.append(lambda m=m, cls=type(m): setattr(m, "__class__", cls))
+            m.__class__ = HeadPrunedMultiheadAttention
+    for mname, m in modules.items():
+        prefix = f"{mname}." if mname else ""
+        for store, make in ((m._parameters, lambda p, s: nn.Parameter(torch.empty(s, dtype=p.dtype),
+                                                                       requires_grad=p.requires_grad)),
+                            (m._buffers, lambda b, s: torch.empty(s, dtype=b.dtype))):
+            for n, t in list(store.items()):
+                shape = shapes.get(prefix + n)
+                if t is not None and shape is not None and t.shape != shape:
+                    remember(store, n)
+                    store[n] = make(t, shape)
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> str:
+    """Write ``model``'s weights and pruned sizes to ``path`` (prunekit's file format). Changes nothing.
+
+    Same as :func:`prunekit.save`, which records the sizes by itself for models that
+    ``prune_channels`` shrank; kept for its return value (the path) and for older code.
+
+    Example:
+        >>> prunekit.structured.prune_channels(model, x, ratio=0.5)
+        >>> prunekit.structured.save(model, "small.safetensors")
+        >>> small = prunekit.structured.load(torchvision.models.resnet50(), "small.safetensors")
+    """
+    from prunekit.deploy.storage import _save
+
+    return _save(model, path, None, None, structured=True).path
 
 
 def load(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
     """Resize a fresh ``model`` to the pruned sizes in ``path`` and load its weights; returns ``model``.
 
+    Same as :func:`prunekit.load` (``load(path, model)``), with this package's older argument order.
     Changes: ``model``'s parameters, buffers and size attributes (in place). Nothing is unpickled.
 
     Raises:
-        ValueError: the file is not a prunekit structured file, or does not fit ``model`` (different
-            parameter names); ``model`` is left unchanged in that case.
+        ValueError: the file is not a prunekit file, or does not fit ``model`` (different parameter
+            names); ``model`` is left unchanged in that case.
     """
-    from safetensors import safe_open
+    from prunekit.deploy.storage import load as load_file
 
-    with safe_open(os.fspath(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a prunekit structured file (written by "
-                             "prunekit.structured.save); for masks use prunekit.load")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    if strict and (missing or unexpected):
-        raise ValueError(f"the file does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                         "build the same architecture (same class and config) as the one that was saved")
-    attrs, classes = json.loads(meta["attrs"]), json.loads(meta["classes"])
-    modules = dict(model.named_modules())
-    for name, values in attrs.items():
-        m = modules.get(name)
-        if m is None:
-            continue
-        for a, v in values.items():
-            object.__setattr__(m, a, tuple(v) if isinstance(v, list) else v)
-    for name in classes:
-        if type(modules[name]) is nn.MultiheadAttention:
-            modules[name].__class__ = HeadPrunedMultiheadAttention
-    for mname, m in modules.items():
-        prefix = f"{mname}." if mname else ""
-        for n, p in list(m._parameters.items()):
-            t = tensors.get(prefix + n)
-            if p is not None and t is not None and t.shape != p.shape:
-                m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=p.dtype), requires_grad=p.requires_grad)
-        for n, b in list(m._buffers.items()):
-            t = tensors.get(prefix + n)
-            if b is not None and t is not None and t.shape != b.shape:
-                m._buffers[n] = torch.empty(t.shape, dtype=b.dtype)
-    model.load_state_dict(tensors, strict=strict)
-    return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"structured.load takes (model, path); model must be a torch.nn.Module, got "
+                        f"{type(model).__name__}. prunekit.load takes (path, model)")
+    return load_file(path, model, strict=strict)

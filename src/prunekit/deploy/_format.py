@@ -1,0 +1,341 @@
+"""Reading prunekit files defensively: bounded decompression, a fully validated header, no pickle.
+
+A file is a safetensors blob (optionally wrapped in xz). Its layout is 8 bytes of header length,
+the safetensors JSON header (each stored tensor's dtype, shape and byte range, plus
+``__metadata__``), then the tensor bytes. Before any tensor byte is read:
+
+* the safetensors header is parsed here (length capped, JSON types checked, byte ranges inside
+  the file and contiguous);
+* the prunekit header in ``__metadata__["prunekit"]`` is checked entry by entry against the stored
+  tensors (encoding, dtype, shape, bitmask and packed-int4 lengths, scales, aliases), so a crafted
+  or damaged file gives one ``ValueError`` that says what is wrong;
+* an xz file is decompressed only as far as its header says the data reaches, and never beyond the
+  byte budget the caller allows (what the model it loads into could need), so a small file cannot
+  make the loader allocate gigabytes.
+
+Files written by ``prunekit.structured.save`` before files were unified (format
+``prunekit-structured/1``: a plain state dict plus module sizes) read as dense prunekit files with
+a ``structured`` section.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import math
+import struct
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT", "STRUCTURED_FORMAT", "XZ_MAGIC", "read_file", "stored_bytes_bound"]
+
+FORMAT = "prunekit.sparse.v1"
+STRUCTURED_FORMAT = "prunekit-structured/1"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+_BY_NAME = {str(d).removeprefix("torch."): d for d in _ST_DTYPES.values()}
+_QUANT = (None, "int8-row", "int4-row")
+
+
+class _Damaged(ValueError):
+    pass
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Damaged(what)
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _read_exact(stream, n: int) -> bytes:
+    data = stream.read(n)
+    _need(len(data) == n, f"it ends after {len(data)} of the {n} bytes its header announces (truncated)")
+    return data
+
+
+class _XzStream:
+    """``read(n)`` over an xz file, decompressing only what is asked for."""
+
+    def __init__(self, f):
+        self.f, self.dec, self.buf = f, lzma.LZMADecompressor(format=lzma.FORMAT_XZ), b""
+
+    def read(self, n: int) -> bytes:
+        out = [self.buf[:n]]
+        have = len(out[0])
+        self.buf = self.buf[n:]
+        while have < n and not self.dec.eof:
+            if self.dec.needs_input:
+                chunk = self.f.read(1 << 16)
+                if not chunk:
+                    break
+            else:
+                chunk = b""
+            try:
+                part = self.dec.decompress(chunk, max_length=min(n - have, 1 << 24))
+            except lzma.LZMAError as e:
+                raise _Damaged(f"its xz stream is damaged ({e})") from None
+            out.append(part)
+            have += len(part)
+        return b"".join(out)
+
+    def finish(self) -> None:
+        """The stream must end here, with its checksum intact."""
+        _need(not self.buf and not self.read(1), "its xz stream holds more than its header announces")
+        _need(self.dec.eof, "its xz stream is truncated")
+
+
+def _st_header(stream, file_bytes: int | None) -> tuple[dict, dict, int, bytes]:
+    """``(tensors, metadata, data_bytes, raw_header_bytes)`` of a safetensors blob."""
+    head = stream.read(8)
+    _need(len(head) == 8, "it is shorter than a safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    _need(0 < n <= _MAX_HEADER and (file_bytes is None or 8 + n <= file_bytes), "it is not safetensors (bad header length)")
+    raw = _read_exact(stream, n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _Damaged("it is not safetensors (its header is not JSON)") from None
+    _need(isinstance(header, dict), "it is not safetensors (its header is not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    _need(isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values()), "its metadata is not text")
+    spans = []
+    for name, t in header.items():
+        ok = (isinstance(t, dict) and t.get("dtype") in _ST_DTYPES and isinstance(t.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
+              and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool) for o in t["data_offsets"]))
+        _need(ok, f"its safetensors entry {name!r} is malformed")
+        a, b = t["data_offsets"]
+        _need(0 <= a <= b and b - a == _numel(t["shape"]) * _size(_ST_DTYPES[t["dtype"]]),
+              f"its safetensors entry {name!r} has byte range {a}..{b}, which does not fit its dtype and shape")
+        spans.append((a, b))
+    spans.sort()
+    end = 0
+    for a, b in spans:
+        _need(a == end, "its tensors' byte ranges overlap or leave gaps")
+        end = b
+    _need(file_bytes is None or 8 + n + end == file_bytes,
+          f"its size ({file_bytes} bytes) is not what its header announces ({8 + n + end}): truncated or padded")
+    return header, meta, end, head + raw
+
+
+def _structured_as_header(tensors: dict, meta: dict) -> dict:
+    """A ``prunekit-structured/1`` file's metadata as a prunekit header (every tensor dense)."""
+    try:
+        attrs, classes = json.loads(meta["attrs"]), json.loads(meta["classes"])
+    except (KeyError, json.JSONDecodeError):
+        raise _Damaged("its structured metadata (attrs, classes) is missing or not JSON") from None
+    entries = {name: {"shape": t["shape"], "dtype": str(_ST_DTYPES[t["dtype"]]).removeprefix("torch."),
+                      "encoding": "dense", "pattern": None} for name, t in tensors.items()}
+    return {"format": FORMAT, "tensors": entries, "aliases": {}, "model_class": None,
+            "structured": {"attrs": attrs, "classes": classes}}
+
+
+def _check_structured(section: Any) -> None:
+    from prunekit.structured.storage import SIZE_ATTRS
+
+    _need(isinstance(section, dict) and isinstance(section.get("attrs"), dict)
+          and isinstance(section.get("classes"), dict), "its 'structured' section is malformed")
+    for module, values in section["attrs"].items():
+        _need(isinstance(module, str) and isinstance(values, dict), "its 'structured' sizes are malformed")
+        for a, v in values.items():
+            ok = a in SIZE_ATTRS and (isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v)))
+            _need(ok and not isinstance(v, bool), f"its size {module}.{a}={v!r} is not a known size attribute")
+    _need(all(v == "HeadPrunedMultiheadAttention" for v in section["classes"].values()),
+          "its 'structured' classes name something prunekit does not switch")
+
+
+def _check_entry(name: str, e: Any, stored: dict) -> list[str]:
+    """Validate one prunekit entry against the stored tensors; returns the stored names it uses."""
+    from prunekit.patterns import get_pattern
+
+    _need(isinstance(e, dict), f"entry {name!r} is not an object")
+    shape, dtype_name, enc, quant = e.get("shape"), e.get("dtype"), e.get("encoding"), e.get("quant")
+    _need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
+          f"entry {name!r} has shape {shape!r}, not a list of sizes")
+    _need(dtype_name in _BY_NAME, f"entry {name!r} has dtype {dtype_name!r}, which prunekit does not write")
+    _need(enc in ("dense", "bitmask"), f"entry {name!r} has encoding {enc!r}; files hold 'dense' or 'bitmask'")
+    _need(quant in _QUANT, f"entry {name!r} has quant {quant!r}; files hold int8-row or int4-row")
+    dtype, n = _BY_NAME[dtype_name], _numel(shape)
+    _need(quant is None or (dtype.is_floating_point and len(shape) >= 2 and n > 0),
+          f"entry {name!r} claims {quant} for a {dtype_name} tensor of shape {shape}")
+    _need(isinstance(e.get("masked", False), bool), f"entry {name!r}: 'masked' is not true/false")
+    pattern = e.get("pattern")
+    if pattern is not None:
+        _need(isinstance(pattern, str), f"entry {name!r}: pattern {pattern!r} is not text")
+        try:
+            get_pattern(pattern)
+        except ValueError:
+            raise _Damaged(f"entry {name!r}: pattern {pattern!r} is not a prunekit pattern") from None
+
+    def want(key: str, st_dtype: torch.dtype, st_shape: list[int]) -> None:
+        got = stored.get(key)
+        _need(got is not None, f"entry {name!r} needs the stored tensor {key!r}, which is missing")
+        have = (_ST_DTYPES[got["dtype"]], got["shape"])
+        _need(have == (st_dtype, st_shape), f"stored tensor {key!r} is {str(have[0]).removeprefix('torch.')} "
+              f"{have[1]}, but entry {name!r} needs {str(st_dtype).removeprefix('torch.')} {st_shape}")
+
+    def value_layout(count: int) -> tuple[torch.dtype, list[int]]:
+        if quant == "int4-row":
+            return torch.uint8, [(count + 1) // 2]
+        if quant == "int8-row":
+            return torch.int8, [count]
+        return dtype, [count]
+
+    used = []
+    if enc == "dense":
+        st_dtype, st_shape = value_layout(n)
+        want(name, st_dtype, st_shape if quant == "int4-row" else shape)
+        used.append(name)
+    else:
+        _need(n > 0 and dtype.is_floating_point, f"entry {name!r}: only non-empty float tensors use a bitmask")
+        want(f"{name}/bitmask", torch.uint8, [(n + 7) // 8])
+        values = stored.get(f"{name}/values")
+        _need(values is not None and len(values["shape"]) == 1, f"entry {name!r}: its kept values are missing")
+        count = values["shape"][0] * (2 if quant == "int4-row" else 1)
+        _need(count <= n + 1, f"entry {name!r} stores more kept values than it has elements")
+        st_dtype, _ = value_layout(count)
+        want(f"{name}/values", st_dtype, values["shape"])
+        used += [f"{name}/bitmask", f"{name}/values"]
+    if quant is not None:
+        want(f"{name}/scale", torch.float32, [shape[0]])
+        used.append(f"{name}/scale")
+    return used
+
+
+def _check_header(header: Any, stored: dict) -> dict:
+    _need(isinstance(header, dict), "its prunekit header is not a JSON object")
+    _need(header.get("format") == FORMAT, f"it has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
+    entries, aliases = header.get("tensors"), header.get("aliases", {})
+    _need(isinstance(entries, dict), "its prunekit header has no 'tensors' table")
+    _need(isinstance(aliases, dict) and all(isinstance(k, str) and v in entries for k, v in aliases.items()),
+          "its 'aliases' do not name stored tensors")
+    _need(isinstance(header.get("model_class"), (str, type(None))), "its 'model_class' is not text")
+    used = set()
+    for name, entry in entries.items():
+        used.update(_check_entry(name, entry, stored))
+    extra = sorted(set(stored) - used)
+    _need(not extra, f"it stores tensors no entry describes: {extra[:5]}")
+    if "structured" in header:
+        _check_structured(header["structured"])
+    return header
+
+
+def stored_bytes_bound(entries: dict) -> int:
+    """The most tensor bytes a valid file with these (validated) entries can store."""
+    total = 0
+    for e in entries.values():
+        n, size = _numel(e["shape"]), _size(_BY_NAME[e["dtype"]])
+        if e.get("quant") == "int4-row":
+            size = 1
+        total += n * size + (n + 7) // 8 + 8 + (4 * e["shape"][0] if e.get("quant") else 0)
+    return total
+
+
+def _decode(entries: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    import numpy as np
+
+    def unpack4(packed: torch.Tensor, n: int) -> torch.Tensor:
+        p = packed.numpy()
+        u = np.empty(p.size * 2, dtype=np.int16)
+        u[0::2], u[1::2] = p >> 4, p & 15
+        return torch.from_numpy((u[:n] - 8).astype(np.int8))
+
+    decoded = {}
+    for name, e in entries.items():
+        shape, int4 = torch.Size(e["shape"]), e.get("quant") == "int4-row"
+        mask = None
+        if e["encoding"] == "dense":
+            value = tensors[name]
+            value = unpack4(value, shape.numel()).reshape(shape) if int4 else value.reshape(shape)
+        else:
+            n = shape.numel()
+            bits = np.unpackbits(tensors[f"{name}/bitmask"].numpy(), count=n).astype(bool)
+            mask = torch.from_numpy(bits)
+            kept = int(mask.sum())
+            values = tensors[f"{name}/values"]
+            stored = values.numel() * (2 if int4 else 1)
+            _need(stored in (kept, kept + 1) if int4 else stored == kept,
+                  f"entry {name!r}: its bitmask keeps {kept} values but {values.numel()} are stored")
+            values = unpack4(values, kept) if int4 else values
+            value = torch.zeros(n, dtype=values.dtype)
+            value[mask] = values
+            value = value.reshape(shape)
+            mask = mask.reshape(shape) if e.get("masked") else None
+        if e.get("quant"):
+            scale = tensors[f"{name}/scale"]
+            _need(bool(torch.isfinite(scale).all()), f"entry {name!r}: its scales are not finite")
+            value = (value.reshape(shape[0], -1).float() * scale[:, None]).reshape(shape).to(_BY_NAME[e["dtype"]])
+        decoded[name] = (value, mask)
+    return decoded
+
+
+def read_file(path: str, label: str, budget=None, header_only: bool = False):
+    """Read and validate a prunekit file.
+
+    Args:
+        path: the file.
+        label: how messages name it.
+        budget: ``budget(header) -> int``: called with the validated header before any tensor byte is
+            read; returns the most tensor bytes allowed (raise there to refuse the file early).
+        header_only: stop after the header.
+
+    Returns:
+        ``header`` if ``header_only``, else ``(header, {name: (value, mask or None)})``.
+
+    Raises:
+        ValueError: the file is not a prunekit file, is damaged, or exceeds the budget.
+    """
+    import os
+
+    from safetensors.torch import load as load_bytes
+
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(6) == XZ_MAGIC
+            f.seek(0)
+            stream = _XzStream(f) if compressed else f
+            size = None if compressed else os.fstat(f.fileno()).st_size
+            stored, meta, data_bytes, head = _st_header(stream, size)
+            if meta.get("format") == STRUCTURED_FORMAT:
+                header = _structured_as_header(stored, meta)
+            else:
+                raw = meta.get("prunekit")
+                _need(raw is not None, "it has no 'prunekit' header; write it with prunekit.save")
+                try:
+                    header = json.loads(raw)
+                except json.JSONDecodeError:
+                    raise _Damaged("its prunekit header is not JSON") from None
+            _check_header(header, stored)
+            if header_only:
+                return header
+            limit = budget(header) if budget is not None else stored_bytes_bound(header["tensors"])
+            _need(data_bytes <= limit, f"it announces {data_bytes:,} bytes of tensors, more than its entries "
+                  f"can hold here ({limit:,})")
+            blob = head + _read_exact(stream, data_bytes)
+            if compressed:
+                stream.finish()
+    except _Damaged as e:
+        raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{label} cannot be read: {e}") from None
+    try:
+        tensors = load_bytes(blob)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
+    del blob
+    try:
+        return header, _decode(header["tensors"], tensors)
+    except _Damaged as e:
+        raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None

@@ -1,0 +1,96 @@
+"""Writes are atomic: a crash, kill -9 or error part-way leaves the previous file as it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit import _io
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    pk.prune(m, 0.5)
+    return m
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "m.pk"
+    pk.save(_model(), path)
+    good = path.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with _io.atomic_write(path) as f:
+            f.write(b"half a file")
+            raise Boom
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["m.pk"]
+
+
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    old = os.umask(0o027)
+    try:
+        pk.save(_model(), tmp_path / "new.pk")
+        assert (tmp_path / "new.pk").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    (tmp_path / "new.pk").chmod(0o600)
+    pk.save(_model(1), tmp_path / "new.pk")
+    assert (tmp_path / "new.pk").stat().st_mode & 0o777 == 0o600
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        pk.save(_model(), tmp_path)
+    with pytest.raises(ValueError, match="does not exist; create it first"):
+        pk.save(_model(), tmp_path / "missing" / "m.pk")
+    with pytest.raises(TypeError, match="file path"):
+        pk.save(_model(), 42)
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch, prunekit as pk
+    from torch import nn
+    path = sys.argv[1]
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)])
+    pk.prune(model, 0.5)
+    print("ready", flush=True)
+    while True:
+        pk.save(model, path)
+""")
+
+
+def test_kill_9_during_saves_never_leaves_a_damaged_file(tmp_path):
+    path = tmp_path / "m.pk"
+    pk.save(_model(), path)
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    for delay in (0.05, 0.13, 0.31, 0.57):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        header = pk.deploy.storage.read_header(path)  # a whole, valid file: the old one or a new one
+        target = nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)])
+        if "0.weight" in header["tensors"] and len(header["tensors"]) == 16:
+            pk.load(path, target)
+            assert pk.sparsity_report(target).sparsity == pytest.approx(0.5, abs=1e-3)
+        else:
+            pk.load(path, _model(1))
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert all(n.startswith(".m.pk.") for n in leftovers)  # only hidden temporaries of killed writes

@@ -63,3 +63,12 @@ def test_benchmark_reports_deepsparse_percentiles_per_batch_size(tmp_path):
         benchmark(model, torch.randn(1, 16), batch_sizes=(0,))
     with pytest.raises(ValueError, match="not an existing .onnx file"):
         benchmark(str(tmp_path / "missing.onnx"), torch.randn(1, 16))
+
+
+def test_a_variant_with_another_output_shape_is_refused_not_timed():
+    with pytest.raises(ValueError, match="variant 'half' returns shape \\(2,\\) where the baseline"):
+        compare({"full": lambda t: t * 2, "half": lambda t: t[:2]}, torch.ones(4), rounds=1)
+    with pytest.raises(ValueError, match="variant 'broken' does not run"):
+        compare({"ok": lambda t: t, "broken": lambda t: t @ t.T @ torch.ones(3)}, torch.ones(4), rounds=1)
+    with pytest.raises(ValueError, match="rounds=0"):
+        compare({"a": lambda t: t}, torch.ones(2), rounds=0)

@@ -156,7 +156,7 @@ def test_bad_arguments_and_foreign_state_change_nothing():
     before = snapshot(model)
     with pytest.raises(TypeError, match="schedule must be"):
         pk.Pruner(model, 0.5)
-    with pytest.raises(ValueError, match="matched no parameters"):
+    with pytest.raises(ValueError, match="include=.nope. matches no module"):
         pk.Pruner(model, OneShot(0.5), include="nope")
     with pytest.raises(ValueError, match="'layer'"):
         pk.Pruner(model, OneShot(0.5), scope="net")
@@ -175,3 +175,12 @@ def test_bad_arguments_and_foreign_state_change_nothing():
     with pytest.raises(ValueError, match="schedule"):
         pk.Pruner(model, OneShot(0.6)).load_state_dict(pruner.state_dict())
     assert_unchanged(model, armed)
+
+
+def test_masks_live_on_the_weights_device():
+    """The Pruner made CPU masks whatever the weights' device (meta failed; CUDA would have)."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    pk.Pruner(model, OneShot(0.5))
+    assert all(m.device.type == "meta" for m in pk.masks(model).values())
+    assert model[0].weight.device.type == "meta"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -308,7 +309,9 @@ def test_tied_weights_are_pruned_once_and_stay_tied():
         ({"sparsity": 0.5, "scope": "model"}, ValueError, "'layer'"),
         ({"pattern": "2:3"}, ValueError, "divisible by 3"),
         ({"sparsity": 0.5, "pattern": "block:3x1"}, ValueError, "does not tile"),
-        ({"sparsity": 0.5, "include": "nothing.*"}, ValueError, "matched no parameters"),
+        ({"sparsity": 0.5, "include": "nothing.*"}, ValueError, "include=.nothing.\*. matches no module"),
+        ({"sparsity": 0.5, "exclude": "fc9"}, ValueError, "exclude=.fc9. matches no module"),
+        ({"sparsity": 0.5, "include": nn.Embedding}, ValueError, "matched no parameters"),
         ({"sparsity": 0.5, "include": 42}, TypeError, "not understood"),
         ({"sparsity": {"fc9": 0.5}}, ValueError, "match no targeted parameter"),
         ({"sparsity": {"fc1": 1.5}}, ValueError, "sparsity\\['fc1'\\]"),
@@ -361,3 +364,43 @@ def test_fuzzed_arguments_either_give_valid_masks_or_change_nothing(s, pattern, 
         assert mask.dtype == torch.bool and mask.shape == dict(model.named_parameters())[
             name.replace(".weight", ".parametrizations.weight.original")
         ].shape
+
+
+def test_layer_pruned_by_torch_prune_is_refused_by_name_and_counted_right():
+    """pk.prune skipped such a layer (its tensor is weight_orig) and reported a wrong count."""
+    model = Net()
+    torch.nn.utils.prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    report = pk.sparsity_report(model)
+    assert report["fc1.weight"].nonzeros == model.fc1.weight.numel() // 2
+    assert report["fc1.weight"].pattern == "torch.nn.utils.prune"
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="from_torch_prune"):
+        pk.prune(model, 0.8)
+    assert_unchanged(model, before)
+    pk.from_torch_prune(model)
+    pk.prune(model, 0.8)
+    assert pk.sparsity_report(model).sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_layer_left_nearly_empty_by_global_ranking_is_named():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # global magnitude ranking takes nearly all of this layer
+    with pytest.warns(UserWarning, match="left \\['2.weight \\(9[0-9.]+% zeros\\)'\\] with under a tenth"):
+        pk.prune(model, 0.5)
+    kept = int(pk.masks(model)["2.weight"].sum())
+    assert 0 < kept < 0.05 * 64 * 64
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5)])
+def test_numpy_and_tensor_scalars_are_sparsities(value):
+    model = Net()
+    report = pk.prune(model, value, scope="layer")
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("fn", [pk.finalize, pk.masks, pk.sparsity_report, pk.from_torch_prune,
+                                lambda m: pk.apply_masks(m, {})])
+def test_non_modules_get_a_type_error_naming_the_argument(fn):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
+        fn({"weight": torch.ones(2)})

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from prunekit._io import write_text
+
 __all__ = ["benchmark", "BenchmarkResult", "compare", "Comparison", "VariantTiming", "as_callable"]
 
 PERCENTILES = (25, 50, 75, 90, 95, 99, 99.9)
@@ -93,7 +95,7 @@ class Comparison:
 def _threads(n: int | None):
     old = torch.get_num_threads()
     if n is not None:
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"threads={n!r} must be a positive int, e.g. 2")
         torch.set_num_threads(n)
     try:
@@ -114,7 +116,10 @@ class _OnnxRunner:
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path} is not an ONNX model ONNX Runtime can load: {str(e).splitlines()[0][:200]}") from None
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args, **kwargs):
@@ -181,14 +186,34 @@ def compare(
     Example:
         >>> print(prunekit.bench.compare({"dense": dense, "pruned": pruned}, torch.randn(1, 3, 224, 224)))
     """
+    if not isinstance(variants, Mapping):
+        raise TypeError(f"variants must be a dict {{name: model}}, got {type(variants).__name__}")
     if not variants:
         raise ValueError("variants is empty; pass {'name': model_or_callable, ...}")
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"rounds={rounds} must be >= 1 and warmup={warmup} >= 0")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be an int >= 1, e.g. 30")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} must be an int >= 0, e.g. 3")
+    if not isinstance(min_block_s, (int, float)) or not 0 <= min_block_s < 60:
+        raise ValueError(f"min_block_s={min_block_s!r} must be seconds in [0, 60), e.g. 0.01")
     variants = {n: as_callable(v, threads) for n, v in variants.items()}
     names = list(variants)
     with _threads(threads) as n_threads, torch.inference_mode():
-        outputs = {n: _first_tensor(_call(variants[n], example_inputs)) for n in names}
+        outputs = {}
+        for n in names:
+            try:
+                outputs[n] = _first_tensor(_call(variants[n], example_inputs))
+            except Exception as e:
+                raise ValueError(f"variant {n!r} does not run on example_inputs: {type(e).__name__}: {e}") from e
+        ref = outputs[names[0]]
+        for n in names[1:]:
+            out = outputs[n]
+            if ref is not None and (out is None or out.shape != ref.shape):
+                got = "no tensor" if out is None else f"shape {tuple(out.shape)}"
+                raise ValueError(
+                    f"variant {n!r} returns {got} where the baseline {names[0]!r} returns shape {tuple(ref.shape)}; "
+                    "compare() times variants of the same computation (a speedup of a different output means nothing)"
+                )
         reps = {}
         for n in names:
             t0 = time.perf_counter()
@@ -250,8 +275,7 @@ class BenchmarkResult:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            write_text(path, text, "path")
         return text
 
     def __str__(self) -> str:
@@ -306,6 +330,11 @@ def benchmark(
     with _threads(threads) as n_threads, torch.inference_mode():
         for batch in batch_sizes:
             inputs = _batched(example_inputs, batch)
+            try:
+                _call(fn, inputs)
+            except Exception as e:
+                raise ValueError(f"the model does not run on example_inputs at batch {batch}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
             t_end = time.perf_counter() + warmup_s
             done = 0
             while done < warmup_iters or time.perf_counter() < t_end:

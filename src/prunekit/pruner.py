@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from prunekit._io import check_output_path, written_by
 from prunekit.criteria import CriterionLike, get_criterion
 from prunekit.masks import apply_masks, attach, find_mask, masks
 from prunekit.patterns import Pattern, get_pattern
@@ -113,7 +114,7 @@ class Pruner:
             if find_mask(t.module, t.name) is None:
                 with torch.no_grad():
                     shape = getattr(t.module, t.name).shape
-                attach(t, torch.ones(shape, dtype=torch.bool), str(self.pattern))
+                attach(t, torch.ones(shape, dtype=torch.bool, device=t.param.device), str(self.pattern))
 
     # -- the training-loop call ---------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class Pruner:
 
         if not self.log:
             raise ValueError("nothing to plot: no mask update has happened yet (call step() during training)")
+        check_output_path(path, "path")
         steps = [r["step"] for r in self.log]
         fig, ax = plt.subplots(figsize=(7, 4))
         for name in self.log[-1]["layers"]:
@@ -238,8 +240,10 @@ class Pruner:
         ax.legend(loc="lower right")
         ax.set_title("prunekit: sparsity over training (thin lines: layers)")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            written_by(lambda tmp: fig.savefig(tmp, dpi=100, format="png"), path, "path")
+        finally:
+            plt.close(fig)
         return os.fspath(path)
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -251,11 +251,31 @@ def prune(
                 new_masks.append((t, keep & pm.mask if pm is not None else keep))
     for t, keep in new_masks:
         attach(t, keep, str(pat))
-    emptied = [t.fqn for t, keep in new_masks if keep.numel() > 1 and not bool(keep.any())]
+    _warn_starved(plan, new_masks)
+    return sparsity_report(model)
+
+
+def _warn_starved(plan: list[tuple[float, list[Target]]], new_masks: list[tuple[Target, torch.Tensor]]) -> None:
+    """Warn about layers that global ranking emptied, or left with under a tenth of the density asked."""
+    asked = {id(t): s for s, ts in plan if len(ts) > 1 for t in ts}
+    emptied, starved = [], []
+    for t, keep in new_masks:
+        if keep.numel() <= 1:
+            continue
+        density = float(keep.sum()) / keep.numel()
+        if density == 0:
+            emptied.append(t.fqn)
+        elif id(t) in asked and density < (1 - asked[id(t)]) / 10:
+            starved.append(f"{t.fqn} ({1 - density:.2%} zeros)")
     if emptied:
         warnings.warn(
             f"pruning removed every weight of {emptied[:5]}: their layers now output only their bias. "
             "Use scope='layer', exclude=..., or a per-layer sparsity dict to keep them",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return sparsity_report(model)
+    if starved:
+        warnings.warn(
+            f"global ranking left {starved[:5]} with under a tenth of the weights asked for overall; such layers "
+            "barely pass a signal. Use scope='layer', exclude=..., or a per-layer sparsity dict to protect them",
+            stacklevel=3,
+        )

@@ -18,6 +18,7 @@ The default selects the weights of ``nn.Linear`` and every convolution.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Union
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["DEFAULT_TYPES", "Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches"]
+__all__ = ["DEFAULT_TYPES", "Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches",
+           "torch_pruned"]
 
 Selector = Union[type, tuple, str, Callable[[nn.Module, str], bool], Iterable[Any], None]
 
@@ -158,6 +160,36 @@ def param_index(model: nn.Module) -> dict[str, Target]:
     return {f: t for t in all_params(model) for _, _, f, _ in t.aliases}
 
 
+def torch_pruned(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(module_fqn, module, tensor_name)`` for every tensor masked by ``torch.nn.utils.prune``
+    (a ``<name>_orig`` parameter, a ``<name>_mask`` buffer and a forward pre-hook)."""
+    from torch.nn.utils import prune as torch_prune
+
+    out = []
+    for mfqn, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                out.append((mfqn, module, hook._tensor_name))
+    return out
+
+
+def _check_globs(model: nn.Module, selector: Selector, arg: str) -> None:
+    """Every name glob in ``selector`` must match some module or parameter of ``model``."""
+    names = None
+    for item in _items(selector):
+        if not isinstance(item, str):
+            continue
+        if names is None:
+            names = [n for n, _ in model.named_modules() if ".parametrizations." not in f".{n}."]
+            names += [_join(mf, p) for mf, _, p, _ in candidates(model)]
+        if not any(fnmatch.fnmatchcase(n, item) for n in names):
+            close = difflib.get_close_matches(item, names, n=5, cutoff=0.4) or [n for n in names if n][:6]
+            raise ValueError(
+                f"{arg}={item!r} matches no module or parameter name in the model; names look like {close}. "
+                "Globs match whole names: use 'layer1.*' for everything under layer1, '*.bias' for every bias"
+            )
+
+
 def find_targets(model: nn.Module, include: Selector = None, exclude: Selector = None) -> list[Target]:
     """Select the parameters to prune.
 
@@ -170,7 +202,9 @@ def find_targets(model: nn.Module, include: Selector = None, exclude: Selector =
         Targets in model order, one per distinct tensor (ties merged, aliases kept).
 
     Raises:
-        ValueError: nothing matched, or a matched tensor is not floating point.
+        ValueError: nothing matched, a name glob matches nothing in the model (a typo would otherwise
+            silently prune or keep the wrong layers), a matched tensor is not floating point, or the
+            model holds ``torch.nn.utils.prune`` masks (adopt them with ``from_torch_prune`` first).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -179,6 +213,15 @@ def find_targets(model: nn.Module, include: Selector = None, exclude: Selector =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    legacy = torch_pruned(model)
+    if legacy:
+        names = [_join(mf, n) for mf, _, n in legacy][:5]
+        raise ValueError(
+            f"{names} carry torch.nn.utils.prune masks (weight_orig + weight_mask), which prunekit would not "
+            "see; adopt them first with prunekit.from_torch_prune(model), then prune again"
+        )
+    _check_globs(model, include, "include")
+    _check_globs(model, exclude, "exclude")
     inc, exc = _items(include), _items(exclude)
     if not inc:
         inc = [DEFAULT_TYPES]

@@ -58,3 +58,82 @@ def test_exports_multihead_attention_in_eval_mode(tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, block(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_runtime_model_exports_what_its_float_kernels_compute(tmp_path):
+    """export_onnx of a sparse_runtime model used to write one constant for every input."""
+    from prunekit.deploy import sparse_runtime
+    from prunekit.deploy.kernels import load
+
+    if load() is None:
+        pytest.skip("C++ kernels could not be built here")
+    model = _lenet()
+    pk.prune(model, 0.9, scope="layer")
+    fast = sparse_runtime(model, torch.randn(1, 784))  # unmeasured-run choices still go sparse
+    assert any(type(m).__name__ == "SparseLinear" for m in fast.modules())
+    info = export_onnx(fast, torch.randn(1, 784), tmp_path / "runtime.onnx")
+    other = torch.randn(5, 784)  # not the tracing input: a constant graph would fail here
+    result = pk.compare({"runtime": fast, "onnx": info.path}, other, rounds=1)
+    assert result["onnx"].rel_err < 1e-5
+    assert info.nonzeros == pk.sparsity_report(model).nonzeros
+    with pytest.raises(RuntimeError, match="torch.jit.trace cannot record"):
+        torch.jit.trace(fast, torch.randn(1, 784))
+    int8 = sparse_runtime(model, torch.randn(1, 784), int8=True)
+    if any("int8" in r["choice"] for r in int8.runtime_report.rows):
+        with pytest.raises(ValueError, match="int8 kernels"):
+            export_onnx(int8, torch.randn(1, 784), tmp_path / "int8.onnx")
+        assert not (tmp_path / "int8.onnx").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_int8_export_of_other_float_dtypes_really_quantizes(tmp_path, dtype):
+    from prunekit.deploy.onnx import count_int8_weights
+
+    model = _lenet().to(dtype)
+    pk.prune(model, 0.9)
+    pk.finalize(model)
+    with pytest.warns(UserWarning, match="float32 copy"):
+        info = export_onnx(model, torch.randn(1, 784, dtype=dtype), tmp_path / "q.onnx", quantize="int8")
+    assert count_int8_weights(info.path) == info.weights  # every weight matrix is int8 in the file
+    assert info.nonzeros == pk.sparsity_report(model).nonzeros
+    assert next(model.parameters()).dtype == dtype  # the model itself is left as it was
+
+
+def test_int8_export_that_quantizes_nothing_is_refused_and_writes_nothing(tmp_path):
+    class NoWeights(nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 2
+
+    with pytest.raises(ValueError, match="quantized no weight"):
+        export_onnx(NoWeights(), torch.randn(1, 8), tmp_path / "q.onnx", quantize="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_takes_keyword_inputs_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """A Hugging Face model given a dict (input_ids, attention_mask) exported with the right inputs."""
+    import tempfile
+
+    transformers = pytest.importorskip("transformers")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64)).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    info = export_onnx(bert, example, tmp_path / "bert.onnx", quantize="int8")
+    import onnxruntime as ort
+
+    names = [i.name for i in ort.InferenceSession(info.path).get_inputs()]
+    assert names == ["input_ids", "attention_mask"]
+    other = {"input_ids": torch.randint(0, 50, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    assert pk.compare({"torch": bert, "onnx": info.path}, other, rounds=1)["onnx"].rel_err < 0.1
+    assert list(scratch.iterdir()) == []  # the fp32 intermediate is gone
+
+
+def test_export_restores_every_module_training_flag(tmp_path):
+    model = _lenet().train()
+    model[2].eval()  # a mixed state must come back exactly
+    export_onnx(model, torch.randn(1, 784), tmp_path / "m.onnx")
+    assert [m.training for m in model.modules()] == [True, True, True, False, True, True]

@@ -301,3 +301,10 @@ def test_a_copied_sparse_layer_still_runs_and_a_bad_build_name_is_refused():
         assert torch.allclose(sparse(torch.ones(3, 16)), lin(torch.ones(3, 16)), atol=1e-5)
     with pytest.raises(ValueError, match="isa='sse'"):
         load("sse")
+
+
+@pytest.mark.parametrize("kwargs, match", [({"rounds": 0}, "rounds=0 must be >= 1"), ({"threads": 0}, "threads=0"),
+                                           ({"min_sparsity": 1.5}, "min_sparsity=1.5")])
+def test_bad_runtime_arguments_are_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 8), **kwargs)

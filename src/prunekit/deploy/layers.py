@@ -57,6 +57,19 @@ class _KernelLayer(nn.Module):
 def _inference_only(name: str, x: torch.Tensor) -> None:
     if torch.is_grad_enabled() and x.requires_grad:
         raise RuntimeError(f"{name} is inference-only; run under torch.no_grad() or use the dense model to train")
+    if torch.jit.is_tracing():  # the C++ call is invisible to the tracer, which would record a constant
+        raise RuntimeError(f"{name} runs a C++ kernel that torch.jit.trace cannot record (the trace would return "
+                           "the same output for every input); trace or export the pruned model itself, or use "
+                           "prunekit.deploy.export_onnx, which exports what the float kernels compute")
+
+
+def _dense_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, cols: int) -> torch.Tensor:
+    """The dense ``(rows, cols)`` matrix of CSR arrays."""
+    rows = indptr.numel() - 1
+    out = torch.zeros(rows, cols, dtype=values.dtype)
+    row_of = torch.repeat_interleave(torch.arange(rows), indptr.diff())
+    out[row_of, indices.long()] = values
+    return out
 
 
 def _chunks(indptr: torch.Tensor, parts: int) -> torch.Tensor:
@@ -85,6 +98,15 @@ class SparseLinear(_KernelLayer):
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
+
+    def to_dense(self) -> nn.Linear:
+        """The ``nn.Linear`` this layer computes (zeros included), e.g. for ONNX export or checks."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(_dense_rows(self.indptr, self.indices, self.values, self.in_features))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseLinear", x)
@@ -182,6 +204,22 @@ class SparseConv2d(_KernelLayer):
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
+
+    def to_dense(self) -> nn.Conv2d:
+        """The ``nn.Conv2d`` this layer computes (zeros included, padding made explicit)."""
+        left, right, top, bottom = self.pad
+        symmetric = left == right and top == bottom
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                         padding=(top, left) if symmetric else 0, dilation=self.dilation, bias=self.bias is not None)
+        kh, kw = self.kernel_size
+        with torch.no_grad():
+            flat = _dense_rows(self.indptr, self.indices, self.values, self.in_channels * kh * kw)
+            conv.weight.copy_(flat.reshape(conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        if symmetric:
+            return conv.eval()
+        return nn.Sequential(nn.ZeroPad2d(self.pad), conv).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseConv2d", x)

@@ -1,14 +1,18 @@
 """ONNX export of pruned models, optionally int8 (ONNX Runtime quantization), zeros counted.
 
 A model with live masks is exported as a finalized copy (the masks baked in; the model itself is
-left as it was) and a warning says so. After export the weights in the file are counted, so the
+left as it was) and a warning says so. A model from ``sparse_runtime`` is exported as the dense
+layers its float kernels compute (ONNX has no sparse kernels; the zeros stay in the file); its int8
+kernels have no ONNX form and are refused. After export the weights in the file are counted, so the
 returned :class:`ExportInfo` proves the zeros survived (int8 included: symmetric weight
-quantization maps 0.0 to 0).
+quantization maps 0.0 to 0), and an int8 export that quantized nothing is an error, not a file.
+The file appears only when everything succeeded (written beside it, then renamed).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 import warnings
@@ -18,9 +22,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from prunekit._io import atomic_path, check_output_path
 from prunekit.masks import finalize, masks
 
-__all__ = ["export_onnx", "ExportInfo", "count_onnx_weights"]
+__all__ = ["export_onnx", "ExportInfo", "count_onnx_weights", "count_int8_weights"]
 
 
 @dataclass
@@ -54,8 +59,65 @@ def count_onnx_weights(path: str) -> tuple[int, int]:
     return n, nz
 
 
+def count_int8_weights(path: str) -> int:
+    """Elements of int8 initializers with two or more dimensions (quantized weight matrices)."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(path)
+    return sum(int(math.prod(i.dims)) for i in model.graph.initializer
+               if len(i.dims) >= 2 and i.data_type in (TensorProto.INT8, TensorProto.UINT8))
+
+
 def _inputs(example_inputs: Any) -> tuple:
-    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _as_exportable(model: nn.Module) -> nn.Module:
+    """``model`` with sparse-runtime layers turned back into the dense layers they compute (a copy
+    when there are any); int8 kernels, which ONNX cannot express, are refused by name."""
+    from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
+
+    runtime = [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
+    int8 = [n for n, m in model.named_modules()
+            if isinstance(m, SparseLinearInt8) or type(m).__module__.startswith("torch.ao.nn.quantized")]
+    if int8:
+        raise ValueError(
+            f"layers {int8[:4]} run int8 kernels (sparse_runtime(int8=True)), which ONNX cannot express; export "
+            "the pruned float model instead and let ONNX Runtime quantize it: export_onnx(pruned, x, path, quantize='int8')"
+        )
+    if not runtime:
+        return model
+    model = copy.deepcopy(model)
+    for name, m in runtime:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, m.to_dense())
+    return model
+
+
+class _Keywords(nn.Module):
+    """Calls ``model(**dict(zip(keys, args)))``: keyword inputs as positional ones, for the exporter."""
+
+    def __init__(self, model: nn.Module, keys: list[str]):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.keys, args)))
+
+
+def _float32(example: Any) -> Any:
+    if isinstance(example, torch.Tensor):
+        return example.float() if example.is_floating_point() else example
+    if isinstance(example, dict):
+        return {k: _float32(v) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(_float32(v) for v in example)
+    return example
 
 
 def export_onnx(
@@ -71,21 +133,27 @@ def export_onnx(
     """Export ``model`` to ONNX at ``path``, optionally quantized to int8.
 
     Args:
-        model: the model; not changed (with live masks a finalized copy is exported, with a warning).
-        example_inputs: a tensor or a tuple of tensors for tracing.
-        path: output ``.onnx`` file.
-        quantize: None (fp32), ``"int8"`` (dynamic: int8 weights, activations quantized at run time)
-            or ``"int8-static"`` (activations calibrated on ``calibration``).
+        model: the model; not changed (with live masks a finalized copy is exported, with a warning;
+            a ``sparse_runtime`` model is exported as the dense layers it computes).
+        example_inputs: a tensor, a tuple of positional tensors, or a dict of keyword tensors (their
+            keys become the graph's input names).
+        path: output ``.onnx`` file; written only when the export succeeds.
+        quantize: None (the model's own dtype), ``"int8"`` (dynamic: int8 weights, activations
+            quantized at run time) or ``"int8-static"`` (activations calibrated on ``calibration``).
+            ONNX Runtime quantizes float32 graphs, so a float16/bfloat16/float64 model is exported
+            as a float32 copy first (with a warning).
         calibration: inputs (like ``example_inputs``) for ``"int8-static"``.
         opset: ONNX opset (13-14 for DeepSparse 1.8).
-        input_names: names of the graph inputs (default ``input_0``, ``input_1``, ...).
+        input_names: names of the graph inputs (default: the dict's keys, or ``input_0``, ...).
         dynamic_batch: make dim 0 of every input dynamic.
 
     Returns:
         :class:`ExportInfo` with the size and the zeros counted in the file.
 
     Raises:
-        ValueError: unknown ``quantize``, or ``"int8-static"`` without calibration.
+        ValueError: unknown ``quantize``, ``"int8-static"`` without calibration, int8 kernels from
+            ``sparse_runtime(int8=True)``, or an int8 export in which no weight was quantized. No
+            file is written then.
 
     Example:
         >>> info = prunekit.deploy.export_onnx(pruned, torch.randn(1, 784), "model.onnx", quantize="int8")
@@ -98,37 +166,60 @@ def export_onnx(
         raise ValueError("quantize='int8-static' needs calibration=<a few example inputs>")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = os.fspath(path)
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 25:
+        raise ValueError(f"opset={opset!r} must be an int ONNX opset, e.g. 17")
+    path = check_output_path(path, "path")
+    model = _as_exportable(model)
     if masks(model):
         warnings.warn("the model has live masks: exporting a finalized copy (masks baked in); "
                       "call prunekit.finalize(model) first to silence this", stacklevel=2)
         model = finalize(copy.deepcopy(model))
-    inputs = _inputs(example_inputs)
-    names = input_names or [f"input_{i}" for i in range(len(inputs))]
+    if quantize is not None:
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if dtypes - {torch.float32}:
+            warnings.warn(f"quantize={quantize!r}: the model holds {sorted(str(d) for d in dtypes)}; ONNX Runtime "
+                          "quantizes float32 graphs, so a float32 copy is exported and quantized", stacklevel=2)
+            model = copy.deepcopy(model).float()
+            example_inputs = _float32(example_inputs)
+            calibration = None if calibration is None else [_float32(c) for c in calibration]
+    flags = {m: m.training for m in model.modules()}  # restored afterwards, module by module
+    if isinstance(example_inputs, dict):
+        # keyword inputs as positional graph inputs: the exporter binds keywords to the model's signature,
+        # which breaks models whose forward is wrapped (Hugging Face passes use_cache itself)
+        keys = list(example_inputs)
+        model, args = _Keywords(model, keys), tuple(example_inputs.values())
+        names = input_names or keys
+    else:
+        args = _inputs(example_inputs)
+        names = input_names or [f"input_{i}" for i in range(len(args))]
     axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
-    was_training = model.training
     model.eval()
-    target = path if quantize is None else os.path.join(tempfile.mkdtemp(prefix="prunekit-onnx-"), "fp32.onnx")
     mha = getattr(torch.backends, "mha", None)
     switch = hasattr(mha, "set_fastpath_enabled")
     fastpath = mha.get_fastpath_enabled() if switch else None
-    try:
-        if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
-            mha.set_fastpath_enabled(False)
-        with torch.no_grad():
-            torch.onnx.export(model, inputs, target, input_names=names, output_names=["output"],
-                              dynamic_axes=axes, opset_version=opset, dynamo=False)
-    finally:
-        if switch:
-            mha.set_fastpath_enabled(fastpath)
-        model.train(was_training)
-    if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as scratch, atomic_path(path, "path") as out:
+        target = out if quantize is None else os.path.join(scratch, "fp32.onnx")
+        try:
+            if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
+                mha.set_fastpath_enabled(False)
+            with torch.no_grad():
+                torch.onnx.export(model, args, target, input_names=names, output_names=["output"],
+                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
+        finally:
+            if switch:
+                mha.set_fastpath_enabled(fastpath)
+            for m, flag in flags.items():
+                m.training = flag
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(target, path, weight_type=QuantType.QInt8)
-    elif quantize == "int8-static":
-        _quantize_static(target, path, names, calibration)
-    weights, nonzeros = count_onnx_weights(path)
+            quantize_dynamic(target, out, weight_type=QuantType.QInt8)
+        elif quantize == "int8-static":
+            _quantize_static(target, out, names, calibration)
+        if quantize is not None and count_int8_weights(out) == 0:
+            raise ValueError(f"quantize={quantize!r} quantized no weight of this model (ONNX Runtime quantizes "
+                             "MatMul/Gemm/Conv weights); no file was written. Export without quantize")
+        weights, nonzeros = count_onnx_weights(out)
     return ExportInfo(path, os.path.getsize(path), weights, nonzeros, quantize)
 
 
@@ -143,7 +234,8 @@ def _quantize_static(src: str, dst: str, names: list[str], calibration: Iterable
             batch = next(self.it, None)
             if batch is None:
                 return None
-            return {n: t.numpy() for n, t in zip(names, _inputs(batch))}
+            values = batch.values() if isinstance(batch, dict) else _inputs(batch)
+            return {n: t.numpy() for n, t in zip(names, values)}
 
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QUInt8, extra_options={"WeightSymmetric": True})

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import fraction, integer
 from prunekit.bench import _call
 from prunekit.deploy.kernels import load
 from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
@@ -100,8 +101,10 @@ def sparse_runtime(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not 0.0 <= min_sparsity < 1.0:
-        raise ValueError(f"min_sparsity={min_sparsity} must be in [0, 1)")
+    min_sparsity = fraction(min_sparsity, "min_sparsity")
+    integer(rounds, "rounds", 1)
+    if threads is not None:
+        integer(threads, "threads", 1)
     if not inplace:
         model = copy.deepcopy(model)
     if masks(model):

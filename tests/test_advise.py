@@ -81,10 +81,50 @@ def test_a_candidate_that_fails_is_reported_not_raised():
     assert "does not apply" in advice.rows[0]["error"]
 
 
-@pytest.mark.parametrize("kwargs, match", [({"budget_s": 0}, "budget_s=0"), ({"eval_fn": 3}, "eval_fn must be")])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"budget_s": 0}, "budget_s=0"),
+    ({"budget_s": float("nan")}, "budget_s=nan"),
+    ({"threads": -1}, "threads=-1 must be a positive int"),
+    ({"rounds": 0}, "rounds=0"),
+    ({"eval_fn": 3}, "eval_fn must be"),
+    ({"candidates": ["int8"]}, "Candidate"),
+])
 def test_bad_arguments(kwargs, match):
     model = mlp()
     before = snapshot(model)
     with pytest.raises((ValueError, TypeError), match=match):
         pk.advise(model, torch.randn(1, 64), progress=False, **kwargs)
     assert_unchanged(model, before)
+
+
+def test_speedups_agree_with_the_times_shown_and_picks_follow_their_scenario():
+    advice = pk.advise(mlp(), torch.randn(8, 64), budget_s=600, threads=1, rounds=3, progress=False,
+                       candidates=pick("structured 50%", "unstructured 90% + sparse runtime", "int8 dynamic (dense)"))
+    for r in advice.rows:
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["latency_ms"], rel=1e-9)
+    matrix = {m["scenario"]: m for m in advice.matrix}
+    smallest = min(advice.rows, key=lambda r: r["size_ratio"])
+    good = [r for r in advice.rows if r["quality"] >= 0.9]
+    expected = min(good, key=lambda r: r["size_ratio"]) if good else smallest
+    assert matrix["microcontroller / smallest file"]["method"] == expected["name"]
+    faster = [r for r in advice.rows if r["speedup"] > 1.0]
+    if faster:
+        pool = [r for r in faster if r["quality"] >= 0.9] or faster
+        fastest = max(pool, key=lambda r: r["speedup"])
+        assert matrix["this machine, fastest at acceptable quality"]["method"] == fastest["name"]
+
+
+def test_the_kernel_build_is_not_charged_to_the_budget_and_no_folder_is_left(monkeypatch, tmp_path):
+    import tempfile
+    import time
+
+    import prunekit.deploy.kernels as kernels
+
+    real = kernels.load
+    monkeypatch.setattr(kernels, "load", lambda isa=None: (time.sleep(1.0), real(isa))[1])  # a slow first build
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    quick = Candidate("quick", "none", 0.0, lambda m, x, t: (m, m, "masks"))
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.8, threads=1, rounds=2, progress=False,
+                       candidates=[quick, quick])
+    assert len(advice.rows) >= 1 and advice.elapsed_s < 1.0
+    assert list(tmp_path.iterdir()) == []

@@ -86,7 +86,7 @@ def test_report_for_an_advise_run(advice_page):
     page = parse(advice_page)
     assert page.figures == 2 and len(page.images) == 2
     assert all(w > 100 and h > 100 for w, h in map(png_size, page.images))
-    assert {"dense", "structured 30%", "2:4"} <= set(page.cells)
+    assert {"dense (median of the runs)", "structured 30%", "2:4"} <= set(page.cells)
     assert any(c.startswith("this machine") for c in page.cells)  # the decision matrix
 
 

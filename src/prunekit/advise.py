@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 import time
@@ -22,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from prunekit._io import write_text
 from prunekit.bench import _call, _first_tensor
 
 __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
@@ -134,21 +136,22 @@ class Advice:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            write_text(path, text, "path")
         return text
 
     def __str__(self) -> str:
         q = "eval_fn" if self.quality_kind == "eval_fn" else "output cosine to dense"
         lines = [f"measured on this machine, {self.threads} threads, batch of the example inputs; quality = {q}",
-                 f"{'candidate':<38} {'ms':>8} {'speedup':>8} {'file':>7} {'quality':>8}  pareto",
-                 f"{'dense':<38} {self.dense['latency_ms']:>8.2f} {1:>7.2f}x {1:>6.2f}x {self.dense['quality']:>8.3f}"]
+                 "each speedup = dense ms / ms, both timed in the same interleaved run",
+                 f"{'candidate':<38} {'ms':>8} {'dense ms':>9} {'speedup':>8} {'file':>7} {'quality':>8}  pareto",
+                 f"{'dense (median of the runs)':<38} {self.dense['latency_ms']:>8.2f} {'':>9} {1:>7.2f}x {1:>6.2f}x "
+                 f"{self.dense['quality']:>8.3f}"]
         for r in self.rows:
             if r.get("error"):
                 lines.append(f"{r['name']:<38} failed: {r['error'][:70]}")
                 continue
-            lines.append(f"{r['name']:<38} {r['latency_ms']:>8.2f} {r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x "
-                         f"{r['quality']:>8.3f}  {'*' if r['pareto'] else ''}")
+            lines.append(f"{r['name']:<38} {r['latency_ms']:>8.2f} {r.get('dense_ms', float('nan')):>9.2f} "
+                         f"{r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x {r['quality']:>8.3f}  {'*' if r['pareto'] else ''}")
         if self.skipped:
             lines.append(f"not measured (budget {self.budget_s:.0f} s): " + ", ".join(self.skipped))
         lines.append("")
@@ -195,8 +198,9 @@ def _pareto(rows: list[dict]) -> None:
 def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> list[dict]:
     """The seed's matrix (scenario -> method), filled with the best measured candidate for each.
 
-    Within a scenario the pick is the best candidate at or above the quality floor; when none reaches
-    it, the best-quality one (marked: one-shot quality, recover it with fine-tuning).
+    Within a scenario the pick is the best candidate by the scenario's criterion (fastest, smallest
+    file...) at or above the quality floor; when none reaches it, the best by that criterion anyway,
+    marked as one-shot quality to recover by fine-tuning, with the best-quality candidate named.
     """
     ok = [r for r in rows if not r.get("error")]
     out = []
@@ -207,10 +211,14 @@ def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> lis
             out.append({"scenario": scenario, "method": "-", "target": "-", "measured": "no candidate measured",
                         "notes": note})
             return
-        best = max(good, key=key) if good else max(pool, key=lambda r: (r["quality"], r["speedup"]))
+        best = max(good or pool, key=key)  # the scenario's own criterion (fastest, smallest...), floor first
         measured = f"{best['speedup']:.2f}x speed, {best['size_ratio']:.2f}x file, quality {best['quality']:.3f}"
         if not good:
-            measured += f" (below the floor {quality_floor:.3f}: fine-tune to recover, e.g. prunekit.Pruner)"
+            safest = max(pool, key=lambda r: (r["quality"], r["speedup"]))
+            measured += f" (below the floor {quality_floor:.3f}: fine-tune to recover, e.g. prunekit.Pruner"
+            if safest is not best:
+                measured += f"; best quality here: {safest['name']}, {safest['quality']:.3f}"
+            measured += ")"
         out.append({"scenario": scenario, "method": best["name"], "target": f"{best['sparsity']:.0%}",
                     "measured": measured, "notes": note})
 
@@ -265,20 +273,35 @@ def advise(
         >>> print(advice); advice.to_json("advise.json")
     """
     import prunekit as pk
+    from prunekit.deploy.kernels import load as load_kernels
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or budget_s <= 0:
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not math.isfinite(budget_s) \
+            or budget_s <= 0:
         raise ValueError(f"budget_s={budget_s!r} must be a positive number of seconds, e.g. 300")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} must be a positive int, e.g. 2 (or None for the current setting)")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be an int >= 1, e.g. 7")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError("eval_fn must be a function (model) -> float, higher is better")
+    if quality_floor is not None and (not isinstance(quality_floor, (int, float)) or not math.isfinite(quality_floor)):
+        raise ValueError(f"quality_floor={quality_floor!r} must be a number (the quality a pick must reach)")
     threads = threads or torch.get_num_threads()
     candidates = default_candidates() if candidates is None else list(candidates)
-    start = time.perf_counter()
+    if any(not isinstance(c, Candidate) for c in candidates):
+        raise TypeError("candidates must be a list of prunekit.advise.Candidate (see default_candidates())")
     model.eval()
     with torch.inference_mode():
-        dense_out = _first_tensor(_call(model, example_inputs))
-    folder = tempfile.mkdtemp(prefix="prunekit-advise-")
+        try:
+            dense_out = _first_tensor(_call(model, example_inputs))
+        except Exception as e:
+            raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: {e}") from e
+    load_kernels()  # a first-use build (about a minute, announced) is not charged to the budget
+    start = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory(prefix="prunekit-advise-")
+    folder = scratch.name
     from torch.utils._pytree import tree_flatten
 
     batch = next(int(t.shape[0]) for t in tree_flatten(example_inputs)[0] if isinstance(t, torch.Tensor) and t.dim())
@@ -307,7 +330,8 @@ def advise(
             runnable, saved, kind = cand.build(work, example_inputs, threads)
             result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, rounds=rounds, threads=threads)
             dense_ms.append(result["dense"].median * 1e3)
-            row.update(latency_ms=result[cand.name].median * 1e3, speedup=result[cand.name].speedup,
+            row.update(latency_ms=result[cand.name].median * 1e3, dense_ms=result["dense"].median * 1e3,
+                       speedup=result[cand.name].speedup,
                        size_bytes=_size(saved, kind, folder), quality=_quality(runnable, example_inputs, dense_out, eval_fn))
             row["size_ratio"] = row["size_bytes"] / dense_size
             row["items_per_s"] = batch / (row["latency_ms"] / 1e3)
@@ -321,6 +345,7 @@ def advise(
             bar.update(1)
     if bar:
         bar.close()
+    scratch.cleanup()
     _pareto(rows)
     dense_latency = sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan")
     dense = {"latency_ms": dense_latency, "items_per_s": batch / (dense_latency / 1e3),

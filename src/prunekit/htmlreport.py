@@ -9,6 +9,8 @@ import io
 import os
 from typing import Any
 
+from prunekit._io import check_output_path, write_bytes, write_text
+
 __all__ = ["write_report"]
 
 
@@ -80,7 +82,7 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
 
     from prunekit.report import sparsity_report
 
-    path = os.fspath(path)
+    path = check_output_path(path, "path")
     if isinstance(source, nn.Module):
         rep = sparsity_report(source)
         layers = [(r.name, r.sparsity) for r in rep.rows if len(r.shape) >= 2]
@@ -95,16 +97,19 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
         advice = source.to_dict() if hasattr(source, "to_dict") else dict(source)
         charts = _charts_for_advice(advice)
         d = advice["dense"]
-        rows = [["dense", "-", "0%", f"{d['latency_ms']:.2f}", "1.00x", "1.00x", f"{d['quality']:.3f}", ""]]
+        rows = [["dense (median of the runs)", "-", "0%", f"{d['latency_ms']:.2f}", "", "1.00x", "1.00x",
+                 f"{d['quality']:.3f}", ""]]
         for r in advice["rows"]:
             if r.get("error"):
-                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", r["error"][:80]])
+                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", "", r["error"][:80]])
             else:
+                dense_ms = r.get("dense_ms")
                 rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", f"{r['latency_ms']:.2f}",
-                             f"{r['speedup']:.2f}x", f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}",
-                             "Pareto" if r.get("pareto") else ""])
-        tables = [("Dense vs candidates (measured on this machine)",
-                   _table(["variant", "method", "sparsity", "latency ms", "speedup", "file", "quality", ""], rows)),
+                             "" if dense_ms is None else f"{dense_ms:.2f}", f"{r['speedup']:.2f}x",
+                             f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}", "Pareto" if r.get("pareto") else ""])
+        tables = [("Dense vs candidates (measured on this machine; speedup = dense ms / latency ms of the same run)",
+                   _table(["variant", "method", "sparsity", "latency ms", "dense ms", "speedup", "file", "quality", ""],
+                          rows)),
                   ("Decision matrix, measured", _table(["scenario", "method", "target", "measured", "notes"],
                                                        [[m["scenario"], m["method"], m["target"], m["measured"],
                                                          m["notes"]] for m in advice["matrix"]]))]
@@ -113,8 +118,7 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
     figures = []
     for fname, caption, data in charts:
         png = f"{stem}-{fname}.png"
-        with open(png, "wb") as f:
-            f.write(data)
+        write_bytes(png, data, "path")
         written.append(png)
         figures.append(f'<figure id="{fname}"><img alt="{html.escape(caption)}" '
                        f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>'
@@ -124,6 +128,5 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
             "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{''.join(figures)}{sections}</body></html>")
-    with open(path, "w") as f:
-        f.write(page)
+    write_text(path, page, "path")
     return [path, *written]

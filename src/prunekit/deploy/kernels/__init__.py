@@ -49,6 +49,17 @@ def _flags(isa: str) -> list[str]:
     return flags
 
 
+def _announce(name: str) -> None:
+    """Say so on stderr when this call will compile (nothing built yet for this name)."""
+    import sys
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if not os.path.exists(os.path.join(get_default_build_root(), name, f"{name}.so")):
+        print(f"prunekit: compiling the sparse CPU kernels for this machine ({name}; first use only, about a "
+              "minute, cached afterwards)", file=sys.stderr, flush=True)
+
+
 def load(isa: str | None = None):
     """The compiled ``prunekit_sparse_<isa>`` module, or None when it cannot be built here.
 
@@ -72,6 +83,7 @@ def load(isa: str | None = None):
             with open(os.path.join(here, name), "rb") as f:
                 digest.update(f.read())
         header = digest.hexdigest()[:12]
+        _announce(f"prunekit_sparse_{isa}")
         module = build(name=f"prunekit_sparse_{isa}", sources=sources, extra_include_paths=[here],
                        extra_cflags=_flags(isa) + [f"-DPRUNEKIT_HEADER={header}"], extra_ldflags=["-fopenmp"],
                        verbose=False)

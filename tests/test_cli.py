@@ -95,3 +95,127 @@ def test_help_shows_an_example(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert EXAMPLES[command].split("\n")[0] in capsys.readouterr().out
+
+
+BROKEN = '''
+import torch
+from torch import nn
+
+def raises():
+    raise RuntimeError("no weights here")
+
+def not_a_module():
+    return {"weight": torch.ones(2)}
+
+syntax = 1
+'''
+
+
+@pytest.fixture()
+def hf_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1,
+                                                           num_attention_heads=2, intermediate_size=64))
+    model.save_pretrained(tmp_path / "bert")
+    return str(tmp_path / "bert")
+
+
+def _user_error(argv, capsys, words):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_sixteen_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text(BROKEN)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("schedule: {type: OneShot\n  sparsity: [0.5\n")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx" * 10)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "bert"}')
+    torch.save({"w": torch.ones(1)}, pickled / "pytorch_model.bin")  # a pickle: must never be loaded
+    weights = tmp_path / "m.safetensors"
+    assert main(["prune", factory, "--sparsity", "0.5", "--out", str(weights)]) == 0
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", factory, "--input", "1x32", "--out", str(onnx_path)]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    folder = str(tmp_path)
+    cases = [
+        (["prune", factory, "--sparsity", "0.5", "--out", folder], "is a folder"),
+        (["bench", str(onnx_path), "--input", "1x32", "--json", folder], "is a folder"),
+        (["report", str(tmp_path / "a.json"), "--html", folder], "does not exist"),
+        (["advise", factory, "--input", "1x32", "--html", folder], "is a folder"),
+        (["export", factory, "--weights", folder, "--input", "1x32", "--out", str(tmp_path / "x.onnx")], "is a folder"),
+        (["prune", factory, "--recipe", folder, "--out", str(tmp_path / "r.pk")], "is a folder"),
+        (["prune", factory, "--recipe", str(bad_yaml), "--out", str(tmp_path / "r.pk")], "not valid YAML at line 2"),
+        (["export", factory, "--input", "1x31", "--out", str(tmp_path / "x.onnx")], "does not run on --input 1x31"),
+        (["advise", factory, "--input", "3x7", "--budget", "5"], "does not run on --input 3x7"),
+        (["bench", str(garbage), "--input", "1x32"], "not an ONNX model"),
+        (["bench", str(onnx_path), "--input", "1x31"], "does not run on example_inputs"),
+        (["prune", f"{broken}:raises", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "raised RuntimeError"),
+        (["prune", f"{broken}:not_a_module", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "not a torch.nn.Module"),
+        (["prune", f"{broken}:syntax", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "has no function"),
+        (["prune", str(pickled), "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "never loads pickled"),
+        (["export", factory, "--weights", str(onnx_path), "--input", "1x32", "--out", str(tmp_path / "x.onnx")],
+         "not a prunekit file"),
+        (["bench", str(onnx_path), "--input", "1x32", "--batch-sizes", "a"], "--batch-sizes 'a'"),
+        (["demo", "--limit", "0"], "--limit 0 is too few"),
+        (["demo", "--epochs", "-1"], "--epochs -1 must be >= 1"),
+        (["advise", factory, "--input", "1x32", "--threads", "-1"], "--threads -1 must be at least 1"),
+        (["advise", factory, "--input", "1x32", "--budget", "nan"], "--budget nan must be"),
+        (["advise", factory, "--input", "1x32", "--out", str(tmp_path / "no" / "a.json")], "does not exist; create it"),
+        (["report", str(garbage)], "not a prunekit file"),
+    ]
+    for argv, words in cases:
+        _user_error(argv, capsys, words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left behind
+
+
+def test_every_command_takes_what_the_others_write(factory, tmp_path, capsys):
+    small = tmp_path / "small.safetensors"
+    assert main(["prune", factory, "--structured", "0.5", "--input", "1x32", "--out", str(small)]) == 0
+    assert main(["report", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert "structurally pruned" in out and "0.weight" in out and "64x32" in out
+    onnx_small = tmp_path / "small.onnx"
+    assert main(["export", factory, "--weights", str(small), "--input", "1x32", "--out", str(onnx_small)]) == 0
+    assert main(["bench", str(onnx_small), "--input", "1x32", "--min-time", "0.05"]) == 0
+    quantized = tmp_path / "q.pk"
+    assert main(["prune", factory, "--sparsity", "0.9", "--quantize", "int8", "--out", str(quantized)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(quantized)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("0.weight"))
+    from torch import nn
+
+    loaded = pk.load(quantized, nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)))
+    expected = pk.sparsity_report(loaded)["0.weight"]
+    assert "bitmask+int8" in row and f"{expected.nonzeros:,}" in row and f"{expected.sparsity:.2%}" in row
+    assert main(["export", factory, "--weights", str(quantized), "--input", "1x32", "--out", str(tmp_path / "q.onnx")]) == 0
+    for schedule in ("{type: OneShot, sparsity: 0.6}", "{type: Constant, sparsity: 0.6, begin_step: 0}",
+                     "{type: PolynomialDecay, initial_sparsity: 0.1, final_sparsity: 0.6, begin_step: 0, end_step: 9}"):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"schedule: {schedule}\n")
+        assert main(["prune", factory, "--recipe", str(recipe), "--out", str(tmp_path / "r.pk")]) == 0
+        model = pk.load(tmp_path / "r.pk", nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)))
+        assert pk.sparsity_report(model).sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_hugging_face_folder_exports_and_is_scored_on_real_tokens(hf_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from prunekit.cli import load_model
+
+    model, inputs = load_model(hf_folder)
+    assert "inputs:" in capsys.readouterr().err
+    ids = inputs["input_ids"]
+    assert ids.shape == (1, 128) and len(set(ids.flatten().tolist())) > 20  # not 128 copies of one id
+    out = tmp_path / "bert.onnx"
+    assert main(["export", hf_folder, "--out", str(out)]) == 0
+    assert out.exists()

@@ -18,31 +18,82 @@ class UserError(Exception):
     """A bad argument: printed as one line, exit status 2."""
 
 
+# a short paragraph to tokenize when a Hugging Face folder is given without --input: real text, so
+# that quality is scored on varied tokens rather than one repeated id
+_TEXT = ("Pruning removes the weights a network needs least, so that the model is smaller on disk and, "
+         "with the right kernels, faster on the machine it runs on. Measure the dense and the pruned model "
+         "side by side, on the same inputs and threads, before believing either number. A faster wrong "
+         "answer is a bug, not a result; quality must be checked on held-out data.")
+
+
+def _user_factory(spec: str):
+    import importlib.util
+
+    from torch import nn
+
+    path, factory = spec.split(":", 1)
+    if not os.path.isfile(path):
+        raise UserError(f"model file {path!r} does not exist; give path/to/file.py:factory")
+    module_spec = importlib.util.spec_from_file_location("prunekit_user_model", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UserError(f"{path} failed to import: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, factory, None)):
+        raise UserError(f"{path} has no function {factory!r}; define def {factory}(): return model")
+    try:
+        model = getattr(module, factory)()
+    except Exception as e:
+        raise UserError(f"{path}:{factory}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval(), None
+
+
+def _hf_folder(spec: str):
+    import glob
+
+    import torch
+
+    if not os.path.exists(os.path.join(spec, "config.json")):
+        raise UserError(f"{spec!r} is a folder without config.json; give a Hugging Face model folder")
+    if not glob.glob(os.path.join(spec, "*.safetensors")):
+        pickles = [os.path.basename(p) for p in glob.glob(os.path.join(spec, "*.bin")) + glob.glob(os.path.join(spec, "*.pt"))]
+        raise UserError(f"{spec!r} has no .safetensors weights{' (only ' + ', '.join(pickles) + ', pickles)' if pickles else ''}; "
+                        "prunekit never loads pickled files. Save the model with save_pretrained(..., safe_serialization=True)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(spec, local_files_only=True, use_safetensors=True).eval()
+    inputs = None
+    if any(os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "vocab.txt", "tokenizer.model")):
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+            batch = tokenizer([_TEXT], padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            print("inputs: 128 tokens of built-in text through the folder's tokenizer (give --input to change)",
+                  file=sys.stderr)
+        except Exception:  # a tokenizer that does not load: random ids below
+            inputs = None
+    if inputs is None:  # no tokenizer in the folder: seeded random ids over the whole vocabulary
+        vocab = int(getattr(model.config, "vocab_size", 1000) or 1000)
+        ids = torch.randint(0, vocab, (1, 128), generator=torch.Generator().manual_seed(0))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        print("inputs: 128 random token ids (the folder has no tokenizer; give --input to change)", file=sys.stderr)
+    return model, inputs
+
+
 def load_model(spec: str):
     """``resnet18`` | ``path/to/hf_folder`` | ``file.py:factory`` -> (model, default example inputs or None)."""
     import torch
 
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
-        import importlib.util
-
-        path, factory = spec.split(":", 1)
-        if not os.path.exists(path):
-            raise UserError(f"model file {path!r} does not exist; give path/to/file.py:factory")
-        module_spec = importlib.util.spec_from_file_location("prunekit_user_model", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not callable(getattr(module, factory, None)):
-            raise UserError(f"{path} has no function {factory!r}; define def {factory}(): return model")
-        return getattr(module, factory)().eval(), None
+        return _user_factory(spec)
     if os.path.isdir(spec):
-        if not os.path.exists(os.path.join(spec, "config.json")):
-            raise UserError(f"{spec!r} is a folder without config.json; give a Hugging Face model folder")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(spec, local_files_only=True).eval()
-        ids = torch.ones(1, 128, dtype=torch.long)
-        return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return _hf_folder(spec)
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
@@ -53,19 +104,37 @@ def load_model(spec: str):
     return torchvision.models.get_model(spec, weights=None).eval(), torch.randn(1, 3, 224, 224)
 
 
-def _inputs(args, default):
+def _tensors(specs):
     import torch
 
-    specs = [_parse_input(s) for s in args.input]
-    if not specs:
-        if default is None:
-            raise UserError("give the model's batch-1 input, e.g. --input 1x3x224x224 or --input input_ids=1x128:int64")
-        return default
     tensors = [torch.ones(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape, dtype=dtype)
                for _, shape, dtype in specs]
     if all(n for n, _, _ in specs):
         return {n: t for (n, _, _), t in zip(specs, tensors)}
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def _inputs(args, default, model=None):
+    """The example inputs from ``--input`` (or the model's default); checked by running ``model`` once."""
+    import torch
+
+    from prunekit.bench import _call
+
+    specs = [_parse_input(s) for s in args.input]
+    if not specs:
+        if default is None:
+            raise UserError("give the model's batch-1 input, e.g. --input 1x3x224x224 or --input input_ids=1x128:int64")
+        inputs = default
+    else:
+        inputs = _tensors(specs)
+    if model is not None:
+        try:
+            with torch.no_grad():
+                _call(model, inputs)
+        except Exception as e:
+            given = " ".join(f"--input {s}" for s in args.input) or "the default input"
+            raise UserError(f"the model does not run on {given}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return inputs
 
 
 def _fraction(value: str, flag: str) -> float:
@@ -78,16 +147,46 @@ def _fraction(value: str, flag: str) -> float:
     return v
 
 
+def _out(path: str | None, flag: str) -> None:
+    from prunekit._io import check_output_path
+
+    if path is not None:
+        try:
+            check_output_path(path, flag)
+        except (TypeError, ValueError) as e:
+            raise UserError(str(e).replace(f"{flag}=", f"{flag} ")) from None
+
+
+def _in(path: str | None, flag: str) -> None:
+    from prunekit._io import check_input_file
+
+    if path is not None:
+        try:
+            check_input_file(path, flag)
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise UserError(str(e).replace(f"{flag}=", f"{flag} ")) from None
+
+
+def _final_sparsity(schedule) -> float | None:
+    for name in ("final_sparsity", "sparsity", "target_sparsity", "target"):
+        value = getattr(schedule, name, None)
+        if isinstance(value, float):
+            return value
+    return None
+
+
 def _prune(args) -> int:
     import prunekit as pk
 
+    _out(args.out, "--out")
+    _in(args.recipe, "--recipe")
     model, default = load_model(args.model)
     if args.structured is not None:
         ratio = _fraction(args.structured, "--structured")
-        report = pk.structured.prune_channels(model, _inputs(args, default), ratio=ratio, round_to=args.round_to)
+        report = pk.structured.prune_channels(model, _inputs(args, default, model), ratio=ratio, round_to=args.round_to)
         print(report)
-        pk.structured.save(model, args.out)
-        print(f"wrote {args.out} (load with prunekit.structured.load into a fresh {type(model).__name__})")
+        print(pk.save(model, args.out))
+        print(f"load with prunekit.load(path, a fresh {type(model).__name__}); its layers are resized to the file's")
         return 0
     kwargs = {}
     sparsity = None
@@ -95,7 +194,7 @@ def _prune(args) -> int:
         from prunekit.recipes.recipe import Recipe
 
         recipe = Recipe.from_yaml(args.recipe)
-        sparsity = getattr(recipe.schedule, "final_sparsity", getattr(recipe.schedule, "target_sparsity", None))
+        sparsity = _final_sparsity(recipe.schedule)
         kwargs = dict(criterion=recipe.criterion, pattern=recipe.pattern, scope=recipe.scope, include=recipe.include,
                       exclude=recipe.exclude)
     if args.sparsity is not None:
@@ -117,25 +216,31 @@ def _export(args) -> int:
     import prunekit as pk
     from prunekit.deploy import export_onnx
 
+    _out(args.out, "--out")
+    _in(args.weights, "--weights")
     model, default = load_model(args.model)
     if args.weights:
         model = pk.load(args.weights, model)
         pk.finalize(model)
-    example = _inputs(args, default)
-    names = list(example) if isinstance(example, dict) else None
-    example = tuple(example.values()) if isinstance(example, dict) else example
-    info = export_onnx(model, example, args.out, quantize=args.quantize, input_names=names)
+    example = _inputs(args, default, model)
+    info = export_onnx(model, example, args.out, quantize=args.quantize)
     print(info)
     return 0
 
 
 def _advise(args) -> int:
+    import math
+
     import prunekit as pk
 
-    model, default = load_model(args.model)
-    if args.budget <= 0:
+    if not math.isfinite(args.budget) or args.budget <= 0:
         raise UserError(f"--budget {args.budget} must be a positive number of seconds, e.g. 300")
-    advice = pk.advise(model, _inputs(args, default), budget_s=args.budget, threads=args.threads,
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1, e.g. 2")
+    _out(args.out, "--out")
+    _out(args.html, "--html")
+    model, default = load_model(args.model)
+    advice = pk.advise(model, _inputs(args, default, model), budget_s=args.budget, threads=args.threads,
                        progress=not args.no_progress)
     print(advice)
     if args.out:
@@ -144,6 +249,10 @@ def _advise(args) -> int:
         from prunekit.htmlreport import write_report
 
         print("wrote", ", ".join(write_report(advice, args.html, title=f"prunekit advise: {args.model}")))
+    if advice.rows and all(r.get("error") for r in advice.rows):
+        print(f"prunekit advise: every candidate failed on this model (first: {advice.rows[0]['error'][:200]})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -152,22 +261,35 @@ def _demo(args) -> int:
 
     if not 0.0 <= args.sparsity < 1.0:
         raise UserError(f"--sparsity {args.sparsity} is outside [0, 1); try 0.9")
+    if args.epochs < 1 or args.finetune_epochs < 0:
+        raise UserError(f"--epochs {args.epochs} must be >= 1 and --finetune-epochs {args.finetune_epochs} >= 0")
+    if args.limit is not None and args.limit < 20:
+        raise UserError(f"--limit {args.limit} is too few images; give at least 20 (or leave it out for all 5,000)")
+    _out(args.json, "--json")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out!r} is a file; give a folder for the saved models")
     cfg = DemoConfig(sparsity=args.sparsity, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                      seed=args.seed, out=args.out, limit=args.limit, progress=not args.no_progress)
     result = run(cfg)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        from prunekit._io import write_text
+
+        write_text(args.json, json.dumps(result, indent=2), "--json")
     return 0
 
 
 def _report(args) -> int:
-    if not os.path.exists(args.path):
-        raise UserError(f"{args.path!r} does not exist; give a prunekit file or an advise JSON")
+    from prunekit.deploy.storage import describe
+
+    _in(args.path, "PATH")
+    _out(args.html, "--html")
     if args.path.endswith(".json"):
-        with open(args.path) as f:
-            advice = json.load(f)
-        if "rows" not in advice or "matrix" not in advice:
+        try:
+            with open(args.path) as f:
+                advice = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{args.path} is not JSON ({e}); give an advise result or a prunekit file") from None
+        if not isinstance(advice, dict) or "rows" not in advice or "matrix" not in advice:
             raise UserError(f"{args.path} is not an advise result (write one with prunekit advise ... --out advise.json)")
         if not args.html:
             raise UserError("for an advise JSON give --html report.html")
@@ -175,17 +297,6 @@ def _report(args) -> int:
 
         print("wrote", ", ".join(write_report(advice, args.html, title=f"prunekit advise: {args.path}")))
         return 0
-    from safetensors import safe_open
-
-    from prunekit.deploy.storage import FORMAT
-
-    try:
-        with safe_open(args.path, framework="pt") as f:
-            raw = (f.metadata() or {}).get("prunekit")
-    except Exception:
-        raw = None
-    if raw is None:
-        raise UserError(f"{args.path} is not a prunekit file (written by prunekit.save); lzma files: load them in Python")
     if args.html:
         if not args.model:
             raise UserError("--html for a prunekit file needs --model (the architecture to load it into)")
@@ -195,12 +306,19 @@ def _report(args) -> int:
         model, _ = load_model(args.model)
         print("wrote", ", ".join(write_report(pk.load(args.path, model), args.html, title=f"prunekit: {args.path}")))
         return 0
-    header = json.loads(raw)
-    print(f"{args.path}: {header.get('format', FORMAT)}, saved from {header.get('model_class')}")
-    print(f"{'tensor':<40} {'shape':>16} {'encoding':>9} {'pattern':>13}")
-    for name, e in header["tensors"].items():
-        shape = "x".join(map(str, e["shape"])) or "scalar"
-        print(f"{name:<40} {shape:>16} {e['encoding']:>9} {e.get('pattern') or '-':>13}")
+    header, rows = describe(args.path)
+    kind = "structurally pruned, " if header.get("structured") else ""
+    print(f"{args.path}: {header['format']}, {kind}saved from {header.get('model_class') or 'an older prunekit'}")
+    print(f"{'tensor':<44} {'shape':>16} {'encoding':>9} {'pattern':>13} {'nonzeros':>14} {'sparsity':>8}")
+    total = nonzeros = 0
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        encoding = r["encoding"] + ("+" + r["quant"].split("-")[0] if r["quant"] else "")
+        sparsity = 1 - r["nonzeros"] / r["numel"] if r["numel"] else 0.0
+        total, nonzeros = total + r["numel"], nonzeros + r["nonzeros"]
+        print(f"{r['name']:<44} {shape:>16} {encoding:>9} {r['pattern'] or '-':>13} "
+              f"{r['nonzeros']:>14,} {sparsity:>8.2%}")
+    print(f"{'total':<44} {'':>16} {'':>9} {'':>13} {nonzeros:>14,} {1 - nonzeros / max(total, 1):>8.2%}")
     return 0
 
 
@@ -214,27 +332,40 @@ def _parse_input(spec: str):
         shape = tuple(int(d) for d in shape_s.lower().split("x"))
     except ValueError:
         raise UserError(f"--input {spec!r} is not SHAPE like 1x784 or NAME=1x128:int64") from None
+    if not shape or any(d < 1 or d > 1 << 20 for d in shape) or len(shape) > 8:
+        raise UserError(f"--input {spec!r}: every size must be a positive int, e.g. 1x784")
     dtype = getattr(torch, dtype_s or "float32", None)
     if not isinstance(dtype, torch.dtype):
         raise UserError(f"unknown dtype {dtype_s!r} in --input {spec!r}; use float32 or int64")
     return name or None, shape, dtype
 
 
-def _bench(args) -> int:
-    import torch
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes {text!r} must be comma-separated positive ints, e.g. 1,8") from None
+    if any(b < 1 for b in sizes):
+        raise UserError(f"--batch-sizes {text!r} must be comma-separated positive ints, e.g. 1,8")
+    return sizes
 
+
+def _bench(args) -> int:
     from prunekit.bench import benchmark
 
     if not args.model.endswith(".onnx"):
         raise UserError("MODEL must be an .onnx file (make one with: prunekit export resnet18 --out model.onnx)")
+    _in(args.model, "MODEL")
+    _out(args.json, "--json")
     specs = [_parse_input(s) for s in args.input]
     if not specs:
         raise UserError("give the batch-1 input shape, e.g. --input 1x784 or --input input_ids=1x128:int64")
-    tensors = [torch.ones(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape, dtype=dtype)
-               for _, shape, dtype in specs]
-    inputs = {n: t for (n, _, _), t in zip(specs, tensors)} if all(n for n, _, _ in specs) else tuple(tensors)
-    sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    result = benchmark(args.model, inputs, batch_sizes=sizes, threads=args.threads, min_time_s=args.min_time)
+    sizes = _batch_sizes(args.batch_sizes)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1, e.g. 2")
+    if not args.min_time >= 0:
+        raise UserError(f"--min-time {args.min_time} must be >= 0 seconds")
+    result = benchmark(args.model, _tensors(specs), batch_sizes=sizes, threads=args.threads, min_time_s=args.min_time)
     print(result)
     if args.json:
         result.to_json(args.json)
@@ -324,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (UserError, ValueError, TypeError, KeyError, OSError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        message = str(text).splitlines()[0] if str(text) else type(e).__name__
         print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -40,7 +40,7 @@ def test_recipe_builds_a_pruner_that_follows_it(tmp_path):
 def test_yaml_cannot_run_code():
     with pytest.raises(Exception) as err:
         Recipe.from_yaml("schedule: !!python/object/apply:os.system ['echo hi']\n")
-    assert "could not determine a constructor" in str(err.value) or "ConstructorError" in type(err.value).__name__
+    assert "could not determine a constructor" in str(err.value) and isinstance(err.value, ValueError)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,12 @@ def test_yaml_cannot_run_code():
 def test_bad_recipes_name_the_key(text, words):
     with pytest.raises(ValueError, match=words):
         Recipe.from_yaml(text)
+
+
+def test_a_missing_recipe_file_is_named_not_blamed_on_the_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match="recipe file .*missing.yaml' does not exist"):
+        Recipe.from_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="is a folder"):
+        Recipe.from_yaml(str(tmp_path))
+    with pytest.raises(ValueError, match="not valid YAML at line 2"):
+        Recipe.from_yaml("schedule: {type: OneShot\n  sparsity: [0.5\n")

@@ -73,11 +73,23 @@ class Recipe:
         Raises:
             ValueError: unknown keys, an unknown schedule type, or bad values (named in the message).
         """
+        if not isinstance(text_or_path, (str, os.PathLike)):
+            raise TypeError(f"from_yaml takes YAML text or a file path, got {type(text_or_path).__name__}")
         text = os.fspath(text_or_path)
-        if "\n" not in text and os.path.exists(text):
+        one_line = "\n" not in text.strip()
+        if one_line and os.path.isdir(text):
+            raise ValueError(f"recipe path {text!r} is a folder; give the .yaml file inside it")
+        if one_line and os.path.isfile(text):
             with open(text) as f:
                 text = f.read()
-        data = yaml.safe_load(text)
+        elif one_line and ": " not in text:  # not a YAML mapping: it was meant as a path
+            raise FileNotFoundError(f"recipe file {text!r} does not exist")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ValueError(f"the recipe is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
         return cls.from_dict(data)
 
     @classmethod

@@ -321,7 +321,8 @@ def benchmark(
     """
     import numpy as np
 
-    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+    if not isinstance(batch_sizes, (tuple, list)) or not batch_sizes or \
+            any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes={batch_sizes!r} must be positive ints, e.g. (1, 8)")
     if min_iters < 1 or min_time_s < 0 or warmup_iters < 0:
         raise ValueError("min_iters must be >= 1; min_time_s and warmup_iters >= 0")

@@ -104,6 +104,9 @@ class Pruner:
         if scope not in ("global", "layer"):
             raise ValueError(f"scope={scope!r} is unknown; use 'global' or 'layer'")
         self.targets = find_targets(model, include, exclude)
+        for t in self.targets:  # a pattern that cannot tile a weight fails now, not at the first update
+            with torch.no_grad():
+                self.pattern.check(getattr(t.module, t.name).shape, t.fqn, t.out_dim, t.in_dim)
         self.optimizer = optimizer
         self.log: list[dict] = []
         self.step_count = 0

@@ -153,7 +153,14 @@ def _prune_layers(targets: list[Target], stats: dict[int, InputStats], method: s
         if method == "wanda":
             keep = wanda_mask(t.param.detach().cpu(), st.norms(), s, pattern, old)
         else:
-            new, keep = sparsegpt_prune(t.param.detach().cpu(), st.hessian(), s, pattern, blocksize, percdamp, old)
+            try:
+                new, keep = sparsegpt_prune(t.param.detach().cpu(), st.hessian(), s, pattern, blocksize, percdamp, old)
+            except torch.linalg.LinAlgError:
+                raise ValueError(
+                    f"SparseGPT: the calibration Hessian of '{t.fqn}' is not positive definite ({st.n} input rows for "
+                    f"{t.param.shape[1]} features, percdamp={percdamp}); raise percdamp (e.g. 0.01) or give more "
+                    "calibration data. The model is unchanged"
+                ) from None
             with torch.no_grad():
                 t.param.copy_(new.to(t.param.device))
         attach(t, keep.to(t.param.device), str(pattern))

@@ -88,3 +88,10 @@ def test_cli_bench_times_an_onnx_file(tmp_path, capsys):
     assert "must be an .onnx file" in capsys.readouterr().err
     assert main(["bench", path, "--input", "axb"]) == 2
     assert "not SHAPE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, match", [({"limit": 0}, "limit=0 must be >= 20"), ({"epochs": -1}, "epochs=-1"),
+                                           ({"sparsity": 1.0}, "sparsity=1.0"), ({"lr": 0}, "lr=0")])
+def test_demo_config_refuses_what_would_silently_run_something_else(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        DemoConfig(**kwargs)

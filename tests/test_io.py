@@ -94,3 +94,48 @@ def test_kill_9_during_saves_never_leaves_a_damaged_file(tmp_path):
             pk.load(path, _model(1))
     leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert all(n.startswith(".m.pk.") for n in leftovers)  # only hidden temporaries of killed writes
+
+
+def _writers(tmp_path):
+    """Every public writer, each as a function of the destination path."""
+    from prunekit.bench import benchmark
+    from prunekit.deploy import export_onnx
+    from prunekit.htmlreport import write_report
+    from prunekit.schedules import OneShot
+
+    model = _model()
+    pruner = pk.Pruner(nn.Sequential(nn.Linear(8, 8)), OneShot(0.5))
+    pruner.step()
+    small = nn.Sequential(nn.Linear(8, 4)).eval()
+    result = benchmark(small, torch.randn(1, 8), min_time_s=0.0, min_iters=1, warmup_s=0.0)
+    advice = {"rows": [], "dense": {"latency_ms": 1.0, "quality": 1.0}, "quality_kind": "cosine", "matrix": []}
+    return {
+        "pk.save": lambda p: pk.save(model, p),
+        "structured.save": lambda p: pk.structured.save(model, p),
+        "export_onnx": lambda p: export_onnx(small, torch.randn(1, 8), p),
+        "BenchmarkResult.to_json": lambda p: result.to_json(p),
+        "write_report": lambda p: write_report(advice, p),
+        "Pruner.plot": lambda p: pruner.plot(p),
+    }
+
+
+@pytest.mark.parametrize("writer", ["pk.save", "structured.save", "export_onnx", "BenchmarkResult.to_json",
+                                    "write_report", "Pruner.plot"])
+def test_every_writer_replaces_its_file_atomically(tmp_path, monkeypatch, writer):
+    if writer == "export_onnx":
+        pytest.importorskip("onnx")
+    write = _writers(tmp_path)[writer]
+    path = tmp_path / "out.file"
+    path.write_bytes(b"the previous good file")
+
+    def fail(src, dst):
+        raise OSError("disk full at the last moment")
+
+    monkeypatch.setattr(_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write(path)
+    assert path.read_bytes() == b"the previous good file"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.file"]  # no temporary left behind
+    monkeypatch.undo()
+    write(path)
+    assert path.read_bytes() != b"the previous good file"

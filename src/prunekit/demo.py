@@ -46,6 +46,19 @@ class DemoConfig:
     rounds: int = 30
     progress: bool = True
 
+    def __post_init__(self):
+        from prunekit._checks import fraction, integer
+
+        fraction(self.sparsity, "sparsity")
+        integer(self.epochs, "epochs", 1)
+        integer(self.finetune_epochs, "finetune_epochs", 0)
+        integer(self.batch_size, "batch_size", 1)
+        integer(self.rounds, "rounds", 1)
+        if self.limit is not None:
+            integer(self.limit, "limit", 20)  # 0 used to mean "all" (limit or len(y)); at least 4 test digits
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise ValueError(f"lr={self.lr!r} must be a learning rate in (0, 1), e.g. 2e-3")
+
 
 class SmallCNN(nn.Module):
     """Two conv blocks and two Linear layers: ~207k parameters for 28x28 digits."""

@@ -92,3 +92,10 @@ def test_wider_file_or_masked_target_is_refused_unchanged(tmp_path):
     with pytest.raises(ValueError, match="unpruned instance"):
         pk.load(tmp_path / "small.safetensors", masked)
     assert_unchanged(masked, before)
+
+
+def test_a_folder_or_missing_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give the file inside it"):
+        pk.structured.load(nn.Linear(4, 4), tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pk.structured.load(nn.Linear(4, 4), tmp_path / "none.safetensors")

@@ -139,3 +139,16 @@ def test_every_writer_replaces_its_file_atomically(tmp_path, monkeypatch, writer
     monkeypatch.undo()
     write(path)
     assert path.read_bytes() != b"the previous good file"
+
+
+def test_a_symlinked_destination_is_written_through(tmp_path):
+    target = tmp_path / "real.pk"
+    link = tmp_path / "link.pk"
+    pk.save(_model(), target)
+    link.symlink_to(target)
+    pk.save(_model(1), link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert pk.deploy.storage.read_header(target)["model_class"] == "Sequential"
+    assert target.read_bytes() == link.read_bytes()
+    fresh = pk.load(target, _model(2))
+    assert torch.equal(fresh[0].weight, _model(1)[0].weight)

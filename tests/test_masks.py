@@ -203,12 +203,13 @@ def test_masked_state_dict_uses_plain_names_and_round_trips_bit_for_bit(x):
     assert "fc1.weight" in state and "fc1.weight_mask" in state
     assert not any(".parametrizations." in k for k in state)
     assert torch.equal(state["fc1.weight"], model.fc1.weight.detach())  # masked values, zeros included
+    assert state["fc1.weight"].data_ptr() == model.fc1.parametrizations.weight.original.data_ptr()  # live
     plain = Net()
     missing, unexpected = plain.load_state_dict(state, strict=False)
     assert not missing and sorted(unexpected) == sorted(k for k in state if k.endswith("_mask"))
     assert torch.equal(plain(x), model(x))
-    live = model.state_dict(keep_vars=True)  # live tensors keep their parametrization names
-    assert live["fc1.parametrizations.weight.original"] is model.fc1.parametrizations.weight.original
+    live = model.state_dict(keep_vars=True)  # the live parameters, under the same plain names
+    assert live["fc1.weight"] is model.fc1.parametrizations.weight.original
     legacy = {k.replace("fc1.weight_mask", "fc1.parametrizations.weight.0.mask"): v for k, v in state.items()}
     legacy["fc1.parametrizations.weight.original"] = legacy.pop("fc1.weight")
     other = _pruned(0.3)
@@ -216,3 +217,15 @@ def test_masked_state_dict_uses_plain_names_and_round_trips_bit_for_bit(x):
     assert torch.equal(other(x), model(x))
     pk.finalize(model)
     assert sorted(model.state_dict()) == sorted(Net().state_dict())
+
+
+def test_state_dict_values_are_the_live_weights_so_an_ema_copy_updates(x):
+    """timm's ModelEmaV2 copies model.state_dict() values into ema.state_dict() values in place."""
+    model = _pruned()
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        model.fc1.parametrizations.weight.original.add_(1.0)
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        e.copy_(m)
+    assert torch.equal(ema.fc1.weight, model.fc1.weight) and torch.equal(ema(x), model(x))
+    assert nonzeros(ema) == nonzeros(model)  # zeros stayed zeros through the copy

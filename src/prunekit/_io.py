@@ -18,7 +18,15 @@ __all__ = ["atomic_write", "atomic_path", "check_output_path", "check_input_file
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where the OS allows (changing it races threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -65,6 +73,8 @@ def atomic_path(path: str | os.PathLike, name: str = "path") -> Iterator[str]:
         ...     torch.onnx.export(model, x, tmp)
     """
     path = check_output_path(path, name)
+    if os.path.islink(path):  # write through the link, as open() would, instead of replacing it
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)

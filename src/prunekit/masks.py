@@ -11,21 +11,24 @@ What a masked model's ``state_dict()`` holds: the names of the unpruned model, s
 of the architecture (``from_pretrained``, ``load_state_dict(..., strict=False)``) loads it with its
 zeros, plus one boolean entry per mask:
 
-* ``"fc1.weight"``: the weight as forward sees it (``where(mask, original, 0)``); the values under
-  the mask are not kept (like :func:`prunekit.save`);
+* ``"fc1.weight"``: the stored original, which ``state_dict()`` first sets to zero under the mask,
+  so it equals the weight forward sees and is still the live tensor (an EMA that copies into
+  another model's state dict, as timm's does, keeps working). The values under a mask never reach
+  forward, scoring or :func:`finalize`; they are dropped here as :func:`prunekit.save` drops them;
 * ``"fc1.weight_mask"``: the mask, True = kept (``torch.nn.utils.prune``'s name).
 
 ``load_state_dict`` into a masked model maps both back onto the original and the mask (so a
 checkpoint resumes with its masks); into a plain model, drop the ``*_mask`` entries or pass
 ``strict=False``. Checkpoints written before this layout (``parametrizations.weight.original`` /
-``.0.mask`` keys) load into masked models unchanged. With ``keep_vars=True`` the live
-parametrization tensors are returned under their ``parametrizations`` names.
+``.0.mask`` keys) load into masked models unchanged.
 
 Only this module attaches, reads, replaces and removes masks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Mapping
 
 import torch
@@ -38,6 +41,7 @@ from prunekit.targets import Target, param_index
 __all__ = [
     "PruningMask",
     "Undo",
+    "state_dict_copies",
     "attach",
     "find_mask",
     "masks",
@@ -137,14 +141,35 @@ def _plain_masks(module: nn.Module):
             if len(plist) == 1 and isinstance(plist[0], PruningMask)]
 
 
+_COPIES = contextvars.ContextVar("prunekit_state_dict_copies", default=False)
+
+
+@contextlib.contextmanager
+def state_dict_copies():
+    """Within this block a masked model's ``state_dict()`` gives masked copies and leaves the stored
+    originals alone (prunekit's own readers use it, so that saving or checking changes nothing)."""
+    token = _COPIES.set(True)
+    try:
+        yield
+    finally:
+        _COPIES.reset(token)
+
+
 def _state_dict_hook(module, state_dict, prefix, local_metadata) -> None:
-    """Write masked tensors under their plain names (see the module docstring)."""
-    for name, _ in _plain_masks(module):
+    """Write masked tensors under their plain names, zeros in (see the module docstring)."""
+    for name, pm in _plain_masks(module):
         okey, mkey = f"{prefix}parametrizations.{name}.original", f"{prefix}parametrizations.{name}.0.mask"
-        if okey not in state_dict or mkey not in state_dict or isinstance(state_dict[okey], nn.Parameter):
-            continue  # keep_vars=True: the caller wants the live tensors
+        if okey not in state_dict or mkey not in state_dict:
+            continue
         original, mask = state_dict.pop(okey), state_dict.pop(mkey)
-        state_dict[prefix + name] = torch.where(mask, original, 0)
+        try:
+            if _COPIES.get():
+                raise RuntimeError("copies asked for")
+            with torch.no_grad():
+                module.parametrizations[name].original.masked_fill_(~pm.mask, 0)
+        except RuntimeError:  # copies asked for, or an inference tensor: a masked copy, not the live tensor
+            original = torch.where(mask, original.detach(), 0)
+        state_dict[prefix + name] = original
         state_dict[f"{prefix}{name}_mask"] = mask
 
 

@@ -71,7 +71,7 @@ CRAFTED = {
     "masked not a bool": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.weight", "masked"], "yes")),
     "false int4 claim": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.weight", "quant"], "int4-row")),
     "unknown dtype": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.bias", "dtype"], "complex64")),
-    "bad pattern": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.weight", "pattern"], "1:0")),
+    "pattern not text": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.weight", "pattern"], 12)),
     "alias to nothing": lambda b: _with_prunekit(b, lambda h: _set(h, ["aliases"], {"x.weight": "nope"})),
     "format from the future": lambda b: _with_prunekit(b, lambda h: _set(h, ["format"], "prunekit.sparse.v9")),
     "dtype F32 -> I32": lambda b: _with_st(b, lambda h: _set(h, ["0.bias", "dtype"], "I32")),
@@ -82,6 +82,10 @@ CRAFTED = {
     "truncated": lambda b: b[: len(b) - 40],
     "prunekit header not JSON": lambda b: _with_st(b, lambda h: _set(h, ["__metadata__", "prunekit"], "{oops")),
     "truncated lzma": lambda b: lzma.compress(b)[:-30],
+    "dtype is a list": lambda b: _with_prunekit(b, lambda h: _set(h, ["tensors", "0.bias", "dtype"], ["float32"])),
+    "safetensors dtype is a list": lambda b: _with_st(b, lambda h: _set(h, ["0.bias", "dtype"], ["F32"])),
+    "alias is a list": lambda b: _with_prunekit(b, lambda h: _set(h, ["aliases"], {"x.weight": ["0.weight"]})),
+    "deeply nested header": lambda b: _with_st(b, lambda h: _set(h, ["__metadata__", "prunekit"], "[" * 100000)),
     "lzma garbage": lambda b: lzma.compress(b)[:12] + b"\x00" * 64,
 }
 
@@ -168,3 +172,41 @@ def test_old_structured_files_still_load(tmp_path):
     assert fresh[0].out_features == 4 and fresh[0].weight.shape == (4, 16)
     x = torch.randn(2, 16)
     assert torch.equal(fresh(x), small(x))
+
+
+def test_report_streams_through_a_bomb_with_bounded_memory(tmp_path):
+    """prunekit report has no model to bound a file by: it counts nonzeros chunk by chunk."""
+    from prunekit.deploy.storage import describe
+
+    n = 1 << 26  # 256 MB of float32 zeros in ~40 KB of xz
+    tensors = {"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}
+    pk_header = {"format": "prunekit.sparse.v1", "aliases": {}, "model_class": "X",
+                 "tensors": {"w": {"shape": [n], "dtype": "float32", "encoding": "dense"}}}
+    raw = json.dumps({**tensors, "__metadata__": {"prunekit": json.dumps(pk_header)}}).encode()
+    comp = lzma.LZMACompressor(preset=0)
+    parts = [comp.compress(struct.pack("<Q", len(raw)) + raw)] + [comp.compress(bytes(1 << 24)) for _ in range(16)]
+    path = tmp_path / "bomb.pk"
+    path.write_bytes(b"".join(parts) + comp.flush())
+    tracemalloc.start()
+    try:
+        _, rows = describe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == [{"name": "w", "shape": [n], "encoding": "dense", "pattern": None, "quant": None, "numel": n,
+                     "nonzeros": 0}]
+    assert peak < 80 * 2 ** 20
+
+
+def test_old_structured_files_of_tied_models_still_load(tmp_path):
+    """The old format stored both names of a tied tensor."""
+    from tests.helpers import Tied
+
+    model = Tied()
+    meta = {"format": "prunekit-structured/1", "attrs": json.dumps({}), "classes": "{}"}
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / "tied.safetensors"
+    path.write_bytes(save_bytes(state, metadata=meta))
+    fresh = pk.load(path, Tied())
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(fresh(ids), model(ids)) and fresh.head.weight is fresh.emb.weight

@@ -159,3 +159,28 @@ def test_bad_save_options_are_named(tmp_path):
     (tmp_path / "junk").write_bytes(b"not a model at all")
     with pytest.raises(ValueError, match="not a prunekit file"):
         pk.load(tmp_path / "junk", Net())
+
+
+def test_loading_converts_to_the_models_dtype_and_keeps_custom_pattern_names(tmp_path):
+    model = Net()
+    pk.prune(model, 0.5)
+    pk.apply_masks(model, {"fc2.weight": torch.rand(8, 32) > 0.5}, pattern="my lottery ticket")
+    pk.save(model, tmp_path / "m.pk")
+    half = pk.load(tmp_path / "m.pk", Net().half())
+    assert half.fc1.weight.dtype == torch.float16 and nonzeros(half) == nonzeros(model)
+    assert pk.sparsity_report(half)["fc2.weight"].pattern == "my lottery ticket"
+
+
+def test_uncommon_dtypes_round_trip(tmp_path):
+    model = nn.Linear(4, 4)
+    model.register_buffer("u16", torch.arange(6).to(torch.uint16))
+    model.register_buffer("f8", torch.linspace(-2, 2, 8).to(torch.float8_e4m3fn))
+    model.register_buffer("c64", torch.randn(3, dtype=torch.complex64))
+    pk.prune(model, 0.5)
+    pk.save(model, tmp_path / "u.pk")
+    fresh = nn.Linear(4, 4)
+    for name in ("u16", "f8", "c64"):
+        fresh.register_buffer(name, torch.zeros_like(getattr(model, name)))
+    pk.load(tmp_path / "u.pk", fresh)
+    for name in ("u16", "f8", "c64"):
+        assert torch.equal(getattr(fresh, name).view(torch.uint8), getattr(model, name).view(torch.uint8)), name

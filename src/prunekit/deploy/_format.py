@@ -28,15 +28,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "STRUCTURED_FORMAT", "XZ_MAGIC", "read_file", "stored_bytes_bound"]
+__all__ = ["FORMAT", "STRUCTURED_FORMAT", "XZ_MAGIC", "read_file", "scan_file", "stored_bytes_bound"]
 
 FORMAT = "prunekit.sparse.v1"
 STRUCTURED_FORMAT = "prunekit-structured/1"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
+
+def _safetensors_dtypes() -> dict[str, torch.dtype]:
+    """Every dtype code this safetensors build reads (its own table where it has one)."""
+    try:
+        from safetensors.torch import _TYPES
+
+        return dict(_TYPES)
+    except ImportError:  # an older or newer safetensors without the table
+        return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+
+
+_ST_DTYPES = _safetensors_dtypes()
 _BY_NAME = {str(d).removeprefix("torch."): d for d in _ST_DTYPES.values()}
 _QUANT = (None, "int8-row", "int4-row")
 
@@ -48,6 +59,18 @@ class _Damaged(ValueError):
 def _need(ok: bool, what: str) -> None:
     if not ok:
         raise _Damaged(what)
+
+
+def _json(raw, what: str):
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _Damaged(f"{what} is not JSON") from None
+
+
+def _is(value, table) -> bool:
+    """``value in table`` for any JSON value (lists and dicts are unhashable)."""
+    return isinstance(value, (str, type(None))) and value in table
 
 
 def _size(dtype: torch.dtype) -> int:
@@ -102,16 +125,13 @@ def _st_header(stream, file_bytes: int | None) -> tuple[dict, dict, int, bytes]:
     (n,) = struct.unpack("<Q", head)
     _need(0 < n <= _MAX_HEADER and (file_bytes is None or 8 + n <= file_bytes), "it is not safetensors (bad header length)")
     raw = _read_exact(stream, n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _Damaged("it is not safetensors (its header is not JSON)") from None
+    header = _json(raw, "it is not safetensors: its header")
     _need(isinstance(header, dict), "it is not safetensors (its header is not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     _need(isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values()), "its metadata is not text")
     spans = []
     for name, t in header.items():
-        ok = (isinstance(t, dict) and t.get("dtype") in _ST_DTYPES and isinstance(t.get("shape"), list)
+        ok = (isinstance(t, dict) and _is(t.get("dtype"), _ST_DTYPES) and isinstance(t.get("shape"), list)
               and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
               and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
               and all(isinstance(o, int) and not isinstance(o, bool) for o in t["data_offsets"]))
@@ -132,10 +152,8 @@ def _st_header(stream, file_bytes: int | None) -> tuple[dict, dict, int, bytes]:
 
 def _structured_as_header(tensors: dict, meta: dict) -> dict:
     """A ``prunekit-structured/1`` file's metadata as a prunekit header (every tensor dense)."""
-    try:
-        attrs, classes = json.loads(meta["attrs"]), json.loads(meta["classes"])
-    except (KeyError, json.JSONDecodeError):
-        raise _Damaged("its structured metadata (attrs, classes) is missing or not JSON") from None
+    _need("attrs" in meta and "classes" in meta, "its structured metadata (attrs, classes) is missing")
+    attrs, classes = _json(meta["attrs"], "its structured 'attrs'"), _json(meta["classes"], "its structured 'classes'")
     entries = {name: {"shape": t["shape"], "dtype": str(_ST_DTYPES[t["dtype"]]).removeprefix("torch."),
                       "encoding": "dense", "pattern": None} for name, t in tensors.items()}
     return {"format": FORMAT, "tensors": entries, "aliases": {}, "model_class": None,
@@ -152,32 +170,26 @@ def _check_structured(section: Any) -> None:
         for a, v in values.items():
             ok = a in SIZE_ATTRS and (isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v)))
             _need(ok and not isinstance(v, bool), f"its size {module}.{a}={v!r} is not a known size attribute")
-    _need(all(v == "HeadPrunedMultiheadAttention" for v in section["classes"].values()),
+    _need(all(isinstance(k, str) and v == "HeadPrunedMultiheadAttention" for k, v in section["classes"].items()),
           "its 'structured' classes name something prunekit does not switch")
 
 
 def _check_entry(name: str, e: Any, stored: dict) -> list[str]:
     """Validate one prunekit entry against the stored tensors; returns the stored names it uses."""
-    from prunekit.patterns import get_pattern
-
     _need(isinstance(e, dict), f"entry {name!r} is not an object")
     shape, dtype_name, enc, quant = e.get("shape"), e.get("dtype"), e.get("encoding"), e.get("quant")
     _need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
           f"entry {name!r} has shape {shape!r}, not a list of sizes")
-    _need(dtype_name in _BY_NAME, f"entry {name!r} has dtype {dtype_name!r}, which prunekit does not write")
-    _need(enc in ("dense", "bitmask"), f"entry {name!r} has encoding {enc!r}; files hold 'dense' or 'bitmask'")
-    _need(quant in _QUANT, f"entry {name!r} has quant {quant!r}; files hold int8-row or int4-row")
+    _need(_is(dtype_name, _BY_NAME), f"entry {name!r} has dtype {dtype_name!r}, which this prunekit cannot read")
+    _need(_is(enc, ("dense", "bitmask")), f"entry {name!r} has encoding {enc!r}; files hold 'dense' or 'bitmask'")
+    _need(_is(quant, _QUANT), f"entry {name!r} has quant {quant!r}; files hold int8-row or int4-row")
     dtype, n = _BY_NAME[dtype_name], _numel(shape)
     _need(quant is None or (dtype.is_floating_point and len(shape) >= 2 and n > 0),
           f"entry {name!r} claims {quant} for a {dtype_name} tensor of shape {shape}")
     _need(isinstance(e.get("masked", False), bool), f"entry {name!r}: 'masked' is not true/false")
-    pattern = e.get("pattern")
-    if pattern is not None:
-        _need(isinstance(pattern, str), f"entry {name!r}: pattern {pattern!r} is not text")
-        try:
-            get_pattern(pattern)
-        except ValueError:
-            raise _Damaged(f"entry {name!r}: pattern {pattern!r} is not a prunekit pattern") from None
+    pattern = e.get("pattern")  # what made the mask, recorded for the report: any short text
+    _need(pattern is None or (isinstance(pattern, str) and len(pattern) <= 200),
+          f"entry {name!r}: pattern {str(pattern)[:40]!r} is not a short text")
 
     def want(key: str, st_dtype: torch.dtype, st_shape: list[int]) -> None:
         got = stored.get(key)
@@ -219,7 +231,9 @@ def _check_header(header: Any, stored: dict) -> dict:
     _need(header.get("format") == FORMAT, f"it has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
     entries, aliases = header.get("tensors"), header.get("aliases", {})
     _need(isinstance(entries, dict), "its prunekit header has no 'tensors' table")
-    _need(isinstance(aliases, dict) and all(isinstance(k, str) and v in entries for k, v in aliases.items()),
+    _need(all(isinstance(k, str) for k in entries), "its 'tensors' table has names that are not text")
+    _need(isinstance(aliases, dict) and isinstance(entries, dict)
+          and all(isinstance(k, str) and _is(v, entries) and v is not None for k, v in aliases.items()),
           "its 'aliases' do not name stored tensors")
     _need(isinstance(header.get("model_class"), (str, type(None))), "its 'model_class' is not text")
     used = set()
@@ -313,10 +327,7 @@ def read_file(path: str, label: str, budget=None, header_only: bool = False):
             else:
                 raw = meta.get("prunekit")
                 _need(raw is not None, "it has no 'prunekit' header; write it with prunekit.save")
-                try:
-                    header = json.loads(raw)
-                except json.JSONDecodeError:
-                    raise _Damaged("its prunekit header is not JSON") from None
+                header = _json(raw, "its prunekit header")
             _check_header(header, stored)
             if header_only:
                 return header
@@ -339,3 +350,72 @@ def read_file(path: str, label: str, budget=None, header_only: bool = False):
         return header, _decode(header["tensors"], tensors)
     except _Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
+
+
+def _nonzeros(part: bytes, dtype: torch.dtype, bits: bool, nibbles: bool) -> int:
+    """Nonzero elements in raw little-endian bytes (set bits of a bitmask; int4 nibbles other than 8)."""
+    import numpy as np
+
+    raw = np.frombuffer(part, dtype=np.uint8)
+    if bits:
+        return int(np.unpackbits(raw).sum())
+    if nibbles:
+        return int(((raw >> 4) != 8).sum() + ((raw & 15) != 8).sum())
+    size = _size(dtype)
+    if dtype == torch.complex64:
+        words = np.frombuffer(part, dtype=np.uint32).reshape(-1, 2) & np.uint32(0x7FFFFFFF)
+        return int((words != 0).any(axis=1).sum())
+    words = np.frombuffer(part, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
+    if dtype.is_floating_point:  # -0.0 is zero: ignore the sign bit
+        words = words & words.dtype.type((1 << (8 * size - 1)) - 1)
+    return int(np.count_nonzero(words))
+
+
+def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
+    """Validate a file and count each tensor's nonzeros, streaming: memory stays at one 16 MB chunk
+    whatever the file claims (``prunekit report`` has no model to bound a file by).
+
+    Returns:
+        ``(header, rows)``: per entry ``name, shape, encoding, pattern, quant, numel, nonzeros``.
+    """
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(6) == XZ_MAGIC
+            f.seek(0)
+            stream = _XzStream(f) if compressed else f
+            size = os.fstat(f.fileno()).st_size
+            stored, meta, data_bytes, _ = _st_header(stream, None if compressed else size)
+            header = _structured_as_header(stored, meta) if meta.get("format") == STRUCTURED_FORMAT else \
+                _json(meta.get("prunekit") or "null", "its prunekit header")
+            _need(header is not None, "it has no 'prunekit' header; write it with prunekit.save")
+            _check_header(header, stored)
+            _need(data_bytes <= max(1 << 30, 2000 * size), f"it announces {data_bytes:,} bytes of tensors in a "
+                  f"{size:,}-byte file, more than any prunekit file compresses to")
+            int4 = {n for n, e in header["tensors"].items() if e.get("quant") == "int4-row"}
+            counts = {}
+            for key, t in sorted(stored.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                dtype, (a, b) = _ST_DTYPES[t["dtype"]], t["data_offsets"]
+                step = max(_size(dtype), (16 << 20) // _size(dtype) * _size(dtype))
+                owner, _, part = key.partition("/")
+                nibbles = owner in int4 and part in ("", "values")
+                counts[key], left = 0, b - a
+                while left:
+                    chunk = _read_exact(stream, min(step, left))
+                    left -= len(chunk)
+                    counts[key] += _nonzeros(chunk, dtype, part == "bitmask", nibbles)
+            if compressed:
+                stream.finish()
+    except _Damaged as e:
+        raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{label} cannot be read: {e}") from None
+    rows = []
+    for name, e in header["tensors"].items():
+        nonzeros = counts[name] if e["encoding"] == "dense" else counts[f"{name}/values"]
+        if name in int4 and e["encoding"] == "bitmask":  # a packed odd count ends in one padding nibble (8)
+            nonzeros = min(nonzeros, counts[f"{name}/bitmask"])
+        rows.append({"name": name, "shape": e["shape"], "encoding": e["encoding"], "pattern": e.get("pattern"),
+                     "quant": e.get("quant"), "numel": _numel(e["shape"]), "nonzeros": int(nonzeros)})
+    return header, rows

@@ -35,8 +35,8 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from prunekit._io import check_input_file, check_output_path, write_bytes
-from prunekit.deploy._format import FORMAT, read_file, stored_bytes_bound
-from prunekit.masks import Undo, attach, effective, find_mask
+from prunekit.deploy._format import FORMAT, read_file, scan_file
+from prunekit.masks import Undo, attach, effective, find_mask, state_dict_copies
 from prunekit.structured.storage import resize_, size_attrs
 from prunekit.targets import param_index
 
@@ -75,7 +75,9 @@ def _clean_state(model: nn.Module):
     info: dict[str, dict] = {}
     aliases: dict[str, str] = {}
     seen_ptr: dict[tuple, str] = {}
-    for key, value in model.state_dict().items():
+    with state_dict_copies():  # reading for a file changes nothing in the model
+        state = model.state_dict()
+    for key, value in state.items():
         if key in masked_keys:
             continue
         if ".parametrizations." in f".{key}":  # masks stacked with other parametrizations keep torch's names
@@ -210,27 +212,13 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def describe(path: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """``(header, rows)``: per stored tensor its name, shape, encoding, pattern, numel and nonzeros."""
+    """``(header, rows)``: per stored tensor its name, shape, encoding, pattern, numel and nonzeros.
+
+    Streams through the file (memory stays small whatever the file claims); validates it like
+    :func:`load`.
+    """
     path = check_input_file(path, "path")
-    header, decoded = read_file(path, path)
-    rows = []
-    for name, (value, mask) in decoded.items():
-        e = header["tensors"][name]
-        rows.append({"name": name, "shape": list(value.shape), "encoding": e["encoding"], "pattern": e.get("pattern"),
-                     "quant": e.get("quant"), "numel": value.numel(), "nonzeros": int(torch.count_nonzero(value))})
-    return header, rows
-
-
-def _model_budget(tensors: dict[str, torch.Tensor]):
-    """A byte budget for reading a file into a model holding ``tensors``: what its entries could need
-    at the model's own sizes, so a file cannot claim more than the model can take."""
-    limit = sum(v.numel() * max(v.element_size(), 1) + (v.numel() + 7) // 8 + 8 + 4 * (v.shape[0] if v.dim() else 1)
-                for v in tensors.values())
-
-    def budget(header: dict) -> int:
-        return min(limit, stored_bytes_bound(header["tensors"]))
-
-    return budget
+    return scan_file(path, path)
 
 
 def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
@@ -256,9 +244,9 @@ def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.M
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = check_input_file(path, "path")
-    tensors, info, _ = _clean_state(model)
+    tensors, info, tied = _clean_state(model)
     header = read_file(path, path, header_only=True)
-    shapes = {n: torch.Size(e["shape"]) for n, e in header["tensors"].items()}
+    shapes = {n: torch.Size(e["shape"]) for n, e in header["tensors"].items() if n not in tied}
     structured = header.get("structured")
     missing = [n for n in shapes if n not in tensors]
     wrong = [f"{n}: file {tuple(shapes[n])} vs model {tuple(tensors[n].shape)}" for n in shapes
@@ -270,7 +258,9 @@ def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.M
             f"{type(model).__name__}): not in the model {missing[:5]}, shape differs {wrong[:5]}, "
             f"not in the file {absent[:5]}. Load into an instance built like the saved one"
         )
-    header, decoded = read_file(path, path, budget=_model_budget(tensors))
+    # the names and shapes now match the model (or shrink it), so the header's own bound is the model's
+    header, decoded = read_file(path, path)
+    decoded = {n: v for n, v in decoded.items() if n not in tied}  # a tie's second name holds the same tensor
     unmask = [n for n, (_, mask) in decoded.items() if mask is None and info[n]["masked"]]
     if unmask:
         raise ValueError(

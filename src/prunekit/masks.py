@@ -382,7 +382,12 @@ def finalize(model: nn.Module) -> nn.Module:
         >>> prunekit.prune(model, 0.9); prunekit.finalize(model)   # plain nn.Linear/Conv again
     """
     _module(model, "finalize")
-    for pm, holders in _masked_groups(model):
+    groups = _masked_groups(model)
+    for pm, holders in groups:  # checked for every tensor before any is changed: all or nothing
+        module, name = holders[0]
+        if module.parametrizations[name].original.shape != effective(module, name).shape:
+            raise ValueError(f"cannot finalize: a parametrization changes the shape of {name!r}; the model is unchanged")
+    for pm, holders in groups:
         module, name = holders[0]
         baked = effective(module, name).clone()
         original = None
@@ -394,8 +399,6 @@ def finalize(model: nn.Module) -> nn.Module:
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             if not parametrize.is_parametrized(module):
                 _remove_hooks(module)
-        if original.shape != baked.shape:
-            raise ValueError(f"cannot finalize: a parametrization changes the shape of {name!r}")
         with torch.no_grad():
             original.copy_(baked)
     return model

@@ -308,3 +308,25 @@ def test_a_copied_sparse_layer_still_runs_and_a_bad_build_name_is_refused():
 def test_bad_runtime_arguments_are_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 8), **kwargs)
+
+
+@needs_kernels
+def test_a_failing_layer_puts_the_swapped_layers_back(monkeypatch):
+    import prunekit.deploy.runtime as runtime
+
+    model = nn.Sequential(_sparse_linear(32, 32, 0.9), nn.ReLU(), _sparse_linear(32, 32, 0.9, seed=1))
+    calls = []
+
+    class Flaky(SparseLinear):
+        def __init__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("no memory for the second layer")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "SparseLinear", Flaky)
+    x = torch.randn(4, 32)
+    ref = model(x)
+    with pytest.raises(RuntimeError, match="second layer"):
+        sparse_runtime(model, x, inplace=True)
+    assert all(type(m) is nn.Linear for m in (model[0], model[2])) and torch.equal(model(x), ref)

@@ -86,7 +86,8 @@ def sparse_runtime(
         min_sparsity: layers with fewer zeros stay dense without being timed.
         rounds: timing rounds per layer (dense and sparse interleaved, median).
         threads: ``torch.set_num_threads`` during the measurement (use what you will deploy with).
-        inplace: change ``model`` itself instead of a copy.
+        inplace: change ``model`` itself instead of a copy (its masks are baked in first; if a layer
+            fails, every layer already swapped is put back before the error propagates).
         int8: also try PyTorch's dynamic int8 Linear (fbgemm) for every float32 Linear and, for sparse
             layers on CPUs with AVX-512 VNNI, prunekit's sparse int8 kernel (:class:`SparseLinearInt8`;
             fastest on ``block:1x4`` weights), and keep whichever measures fastest. Lossy (about 1-2%
@@ -137,6 +138,7 @@ def sparse_runtime(
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []  # undone if a later layer fails
     try:
         with torch.no_grad():
             for name, m, row in candidates:
@@ -186,7 +188,13 @@ def sparse_runtime(
                         continue
                     row["reason"] = f"{times['dense'] / times[choice]:.2f}x faster than dense"
                 parent_name, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, attr, options[row["choice"]])
+                parent = model.get_submodule(parent_name) if parent_name else model
+                swapped.append((parent, attr, m))
+                setattr(parent, attr, options[row["choice"]])
+    except BaseException:
+        for parent, attr, m in reversed(swapped):
+            setattr(parent, attr, m)
+        raise
     finally:
         torch.set_num_threads(old_threads)
     return model

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit._io import write_text
+from prunekit._progress import progress as progress_bar
 from prunekit.bench import _call, _first_tensor
 
 __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
@@ -309,19 +310,14 @@ def advise(
     dense_size = _size(model, "masks", folder)
     floor = quality_floor if quality_floor is not None else (0.99 * dense_quality if eval_fn else 0.9)
     rows, skipped, spent = [], [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(candidates), desc="advise", unit="candidate")
+    bar = progress_bar(total=len(candidates), desc="advise", unit="candidate", enabled=progress)
     dense_ms = []
     for cand in candidates:
         elapsed = time.perf_counter() - start
         expected = sum(spent) / len(spent) if spent else 0.0
         if elapsed + expected > budget_s:
             skipped.append(cand.name)
-            if bar:
-                bar.update(1)
+            bar.update(1)
             continue
         t0 = time.perf_counter()
         row = {"name": cand.name, "method": cand.method, "sparsity": cand.sparsity, "scenario": cand.scenario}
@@ -340,11 +336,9 @@ def advise(
         row["seconds"] = time.perf_counter() - t0
         spent.append(row["seconds"])
         rows.append(row)
-        if bar:
-            bar.set_postfix_str(cand.name)
-            bar.update(1)
-    if bar:
-        bar.close()
+        bar.set_postfix_str(cand.name)
+        bar.update(1)
+    bar.close()
     scratch.cleanup()
     _pareto(rows)
     dense_latency = sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan")

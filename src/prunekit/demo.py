@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_bytes
 from torch import nn
-from tqdm import tqdm
 
 import prunekit as pk
 from prunekit._io import write_bytes
+from prunekit._progress import progress
 from prunekit.bench import compare
 from prunekit.deploy import sparse_runtime
 
@@ -101,7 +101,7 @@ def train(model: nn.Module, x, y, epochs: int, cfg: DemoConfig, desc: str, prune
         schedule = pk.schedules.PolynomialDecay(prune_to / 2, prune_to, 0, end, frequency=max(1, end // 12))
         pruner = pk.Pruner(model, schedule, optimizer=opt)
     model.train()
-    bar = tqdm(total=steps, desc=desc, disable=not cfg.progress, leave=False)
+    bar = progress(total=steps, desc=desc, unit="step", enabled=cfg.progress, leave=False)
     for _ in range(epochs):
         for idx in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])

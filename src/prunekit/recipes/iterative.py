@@ -6,8 +6,8 @@ import time
 from typing import Callable
 
 from torch import nn
-from tqdm import tqdm
 
+from prunekit._progress import progress as progress_bar
 from prunekit.criteria import CriterionLike
 from prunekit.patterns import Pattern
 from prunekit.pruning import prune
@@ -52,7 +52,7 @@ def iterative_pruning(
         raise TypeError("train_fn(model) and eval_fn(model) -> float must be callables")
     history = History()
     history.append(round=0, sparsity=0.0, metric=float(eval_fn(model)), seconds=0.0)
-    bar = tqdm(range(rounds), desc="iterative pruning", disable=not progress)
+    bar = progress_bar(range(rounds), desc="iterative pruning", unit="round", enabled=progress)
     for r in bar:
         t0 = time.perf_counter()
         s = schedule.sparsity_at(r)

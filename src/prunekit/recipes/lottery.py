@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from prunekit._progress import progress as progress_bar
 from prunekit.masks import masks
 from prunekit.pruning import prune
 from prunekit.recipes.history import History
@@ -144,7 +144,7 @@ def lottery_ticket(
     t0 = time.perf_counter()
     train_fn(model)
     history.append(round=0, remaining=1.0, metric=float(eval_fn(model)), control_metric=None, seconds=time.perf_counter() - t0)
-    bar = tqdm(range(1, rounds + 1), desc="lottery ticket", disable=not progress)
+    bar = progress_bar(range(1, rounds + 1), desc="lottery ticket", unit="round", enabled=progress)
     for r in bar:
         t0 = time.perf_counter()
         s = 1 - (1 - rate) ** r

@@ -128,3 +128,15 @@ def test_the_kernel_build_is_not_charged_to_the_budget_and_no_folder_is_left(mon
                        candidates=[quick, quick])
     assert len(advice.rows) >= 1 and advice.elapsed_s < 1.0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_global_candidates_do_not_score_a_model_whose_head_was_emptied():
+    """On ResNet-50 global 90% ranking took every weight of fc, and advise scored the broken model."""
+    model = mlp()
+    with torch.no_grad():
+        model[4].weight.mul_(1e-4)  # a head whose weights are all small, as default inits often are
+    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, rounds=2, progress=False,
+                       candidates=pick("unstructured 90% + sparse runtime"))
+    row = advice.rows[0]
+    assert "4" in row["note"].split(" pruned")[0].split(", ") and "note, unstructured 90%" in str(advice)
+    assert row["quality"] > 0.0

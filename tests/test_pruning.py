@@ -300,7 +300,7 @@ def test_tied_weights_are_pruned_once_and_stay_tied():
         ({"sparsity": -0.1}, ValueError, "outside"),
         ({"sparsity": "0.5"}, TypeError, "sparsity must be a number"),
         ({"sparsity": True}, TypeError, "sparsity must be a number"),
-        ({"sparsity": float("nan")}, TypeError, "sparsity"),
+        ({"sparsity": float("nan")}, ValueError, "sparsity=nan is outside"),
         ({}, ValueError, "sparsity is required"),
         ({"sparsity": 0.5, "criterion": "bogus"}, ValueError, "'magnitude'"),
         ({"sparsity": 0.5, "pattern": "diagonal"}, ValueError, "'block:RxC'"),

@@ -59,3 +59,13 @@ def test_errors_name_the_fix():
         find_targets(Net(), exclude=nn.Module)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         find_targets(torch.zeros(3))
+
+
+def test_a_container_name_selects_everything_inside_it():
+    """exclude='layer1' excluded nothing (layer1 has no weight of its own) while structured excluded all of it."""
+    from prunekit.targets import find_targets
+
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4))), nn.Linear(4, 2))
+    assert [t.fqn for t in find_targets(model, exclude="0")] == ["1.weight"]
+    assert [t.fqn for t in find_targets(model, include="0")] == ["0.0.weight", "0.1.0.weight"]
+    assert [t.fqn for t in find_targets(model, include="0.1")] == ["0.1.0.weight"]

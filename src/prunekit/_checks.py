@@ -13,9 +13,9 @@ def fraction(value: Any, name: str) -> float:
     """A sparsity-like number in [0, 1) (Python, numpy or 0-d torch scalars), as a float."""
     if _is_tensor_scalar(value):
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1), e.g. 0.8 for 80% zeros; got {value!r}")
-    if not 0.0 <= value < 1.0:
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is outside [0, 1); pass e.g. 0.8 to prune 80% of the weights")
     return float(value)
 

@@ -34,7 +34,7 @@ __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
 class Candidate:
     """One way to make the model smaller/faster: ``build(model, example_inputs, threads)`` returns
     ``(runnable, model_to_save, save_kind)`` where save_kind is ``"masks"``, ``"int8"`` or
-    ``"structured"``."""
+    ``"structured"``, optionally followed by a note on what was done differently (shown with the row)."""
 
     name: str
     method: str
@@ -56,17 +56,37 @@ def _fits(pattern: str):
         and mod.weight.shape[0] % rows == 0
 
 
+def _starved(model: nn.Module, sparsity: float) -> list[str]:
+    """Modules that global ranking left with under a tenth of the asked density (heads, often)."""
+    import prunekit as pk
+
+    return [name.rsplit(".", 1)[0] for name, keep in pk.masks(model).items()
+            if keep.numel() > 1 and float(keep.sum()) / keep.numel() < (1 - sparsity) / 10]
+
+
 def _masked(sparsity: float, pattern: str, int8: bool = False):
     def build(model, example, threads):
         import prunekit as pk
         from prunekit.deploy import sparse_runtime
 
+        scope = "global" if pattern == "unstructured" else "layer"
+        note = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pk.prune(model, sparsity, pattern=pattern, scope="global" if pattern == "unstructured" else "layer",
-                     include=_fits(pattern))
+            warnings.simplefilter("ignore")  # what the warnings say is acted on below
+            if scope == "global":  # global ranking can empty a layer whose weights are all small (a head)
+                trial = copy.deepcopy(model)
+                pk.prune(trial, sparsity, pattern=pattern, scope=scope, include=_fits(pattern))
+                starved = _starved(trial, sparsity)
+                del trial
+                if starved:
+                    amount = {"*": sparsity, **{name: sparsity for name in starved}}
+                    note = (f"{', '.join(starved[:3])} pruned to {sparsity:.0%} on {'its' if len(starved) == 1 else 'their'} "
+                            "own: global ranking left under a tenth of the asked density there")
+                    pk.prune(model, amount, pattern=pattern, scope=scope, include=_fits(pattern))
+            if not pk.masks(model):
+                pk.prune(model, sparsity, pattern=pattern, scope=scope, include=_fits(pattern))
         pk.finalize(model)
-        return sparse_runtime(model, example, threads=threads, int8=int8), model, "int8" if int8 else "masks"
+        return sparse_runtime(model, example, threads=threads, int8=int8), model, "int8" if int8 else "masks", note
 
     return build
 
@@ -153,6 +173,9 @@ class Advice:
                 continue
             lines.append(f"{r['name']:<38} {r['latency_ms']:>8.2f} {r.get('dense_ms', float('nan')):>9.2f} "
                          f"{r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x {r['quality']:>8.3f}  {'*' if r['pareto'] else ''}")
+        for r in self.rows:
+            if r.get("note"):
+                lines.append(f"note, {r['name']}: {r['note']}")
         if self.skipped:
             lines.append(f"not measured (budget {self.budget_s:.0f} s): " + ", ".join(self.skipped))
         lines.append("")
@@ -323,7 +346,10 @@ def advise(
         row = {"name": cand.name, "method": cand.method, "sparsity": cand.sparsity, "scenario": cand.scenario}
         try:
             work = copy.deepcopy(model)
-            runnable, saved, kind = cand.build(work, example_inputs, threads)
+            built = cand.build(work, example_inputs, threads)
+            runnable, saved, kind = built[:3]
+            if len(built) > 3 and built[3]:
+                row["note"] = built[3]
             result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, rounds=rounds, threads=threads)
             dense_ms.append(result["dense"].median * 1e3)
             row.update(latency_ms=result[cand.name].median * 1e3, dense_ms=result["dense"].median * 1e3,

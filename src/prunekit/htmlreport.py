@@ -104,7 +104,8 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
                 rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", "", r["error"][:80]])
             else:
                 dense_ms = r.get("dense_ms")
-                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", f"{r['latency_ms']:.2f}",
+                method = r["method"] + (f" ({r['note']})" if r.get("note") else "")
+                rows.append([r["name"], method, f"{r['sparsity']:.0%}", f"{r['latency_ms']:.2f}",
                              "" if dense_ms is None else f"{dense_ms:.2f}", f"{r['speedup']:.2f}x",
                              f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}", "Pareto" if r.get("pareto") else ""])
         tables = [("Dense vs candidates (measured on this machine; speedup = dense ms / latency ms of the same run)",

@@ -8,9 +8,11 @@ form one target with several aliases, so they are scored once and masked consist
 Selection (``include`` / ``exclude``) takes one item or a list of items, each one of:
 
 * a module type (``nn.Linear``, or a tuple of types): that module's ``weight``;
-* a glob on names (``"encoder.*"``, ``"fc1"``): the ``weight`` of every Linear/Conv module whose
-  name matches; or, when the glob ends with a parameter's name (``"*.bias"``, ``"emb.weight"``,
-  ``"*.LayerNorm.weight"``), every parameter whose full name matches, whatever its module;
+* a glob on names (``"encoder.*"``, ``"fc1"``, ``"layer1"``): the ``weight`` of every Linear/Conv
+  module whose name, or the name of a module containing it, matches (``"layer1"`` selects
+  everything inside ``layer1``, as ``exclude`` in ``prunekit.structured`` does); or, when the glob
+  ends with a parameter's name (``"*.bias"``, ``"emb.weight"``, ``"*.LayerNorm.weight"``), every
+  parameter whose full name matches, whatever its module;
 * a predicate ``(module, fqn) -> bool`` on modules (torchao's filter): that module's ``weight``.
 
 The default selects the weights of ``nn.Linear`` and every convolution.
@@ -134,13 +136,19 @@ def matches(item: Any, module: nn.Module, mfqn: str, pname: str, module_types: t
         if item.rsplit(".", 1)[-1] == pname and fnmatch.fnmatchcase(fqn, item):
             return True
         typed = module_types is None or isinstance(module, module_types)
-        return pname == "weight" and typed and fnmatch.fnmatchcase(mfqn, item)
+        return pname == "weight" and typed and _inside(mfqn, item)
     if callable(item):
         return pname == "weight" and bool(item(module, mfqn))
     raise TypeError(
         f"include/exclude item {item!r} is not understood; use a module type (nn.Linear), "
         "a name glob ('encoder.*', '*.bias') or a predicate (module, fqn) -> bool"
     )
+
+
+def _inside(mfqn: str, glob: str) -> bool:
+    """Whether module ``mfqn`` or a module containing it matches ``glob``."""
+    parts = mfqn.split(".") if mfqn else [""]
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), glob) for i in range(1, len(parts) + 1))
 
 
 def all_params(model: nn.Module) -> list[Target]:

@@ -210,3 +210,23 @@ def test_old_structured_files_of_tied_models_still_load(tmp_path):
     fresh = pk.load(path, Tied())
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(fresh(ids), model(ids)) and fresh.head.weight is fresh.emb.weight
+
+
+@pytest.mark.parametrize("compress", [None, "lzma"])
+def test_a_flipped_bit_in_the_tensor_data_is_caught_by_the_checksum(tmp_path, compress):
+    """Plain safetensors has no checksum: 25 of 30 flipped data bits used to load, one as 1e37."""
+    from prunekit.deploy.storage import describe
+
+    path = tmp_path / "m.pk"
+    pk.save(_model(), path)
+    blob = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", blob[:8])
+    for i in range(8 + n, len(blob), max(1, (len(blob) - 8 - n) // 7)):
+        damaged = bytearray(blob)
+        damaged[i] ^= 0x10
+        data = bytes(damaged) if compress is None else lzma.compress(bytes(damaged))
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match="do not match their checksum"):
+            pk.load(path, nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)))
+        with pytest.raises(ValueError, match="do not match their checksum"):
+            describe(path)

@@ -24,6 +24,7 @@ import json
 import lzma
 import math
 import struct
+import zlib
 from typing import Any
 
 import torch
@@ -236,6 +237,9 @@ def _check_header(header: Any, stored: dict) -> dict:
           and all(isinstance(k, str) and _is(v, entries) and v is not None for k, v in aliases.items()),
           "its 'aliases' do not name stored tensors")
     _need(isinstance(header.get("model_class"), (str, type(None))), "its 'model_class' is not text")
+    crc = header.get("crc32")
+    _need(crc is None or (isinstance(crc, int) and not isinstance(crc, bool) and 0 <= crc < 2 ** 32),
+          "its 'crc32' is not a checksum")
     used = set()
     for name, entry in entries.items():
         used.update(_check_entry(name, entry, stored))
@@ -334,9 +338,13 @@ def read_file(path: str, label: str, budget=None, header_only: bool = False):
             limit = budget(header) if budget is not None else stored_bytes_bound(header["tensors"])
             _need(data_bytes <= limit, f"it announces {data_bytes:,} bytes of tensors, more than its entries "
                   f"can hold here ({limit:,})")
-            blob = head + _read_exact(stream, data_bytes)
+            data = _read_exact(stream, data_bytes)
             if compressed:
                 stream.finish()
+            _need(header.get("crc32") is None or zlib.crc32(data) == header["crc32"],
+                  "its tensor bytes do not match their checksum (the file was changed after it was written)")
+            blob = head + data
+            del data
     except _Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
     except OSError as e:
@@ -394,7 +402,7 @@ def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
             _need(data_bytes <= max(1 << 30, 2000 * size), f"it announces {data_bytes:,} bytes of tensors in a "
                   f"{size:,}-byte file, more than any prunekit file compresses to")
             int4 = {n for n, e in header["tensors"].items() if e.get("quant") == "int4-row"}
-            counts = {}
+            counts, crc = {}, 0
             for key, t in sorted(stored.items(), key=lambda kv: kv[1]["data_offsets"][0]):
                 dtype, (a, b) = _ST_DTYPES[t["dtype"]], t["data_offsets"]
                 step = max(_size(dtype), (16 << 20) // _size(dtype) * _size(dtype))
@@ -403,10 +411,13 @@ def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
                 counts[key], left = 0, b - a
                 while left:
                     chunk = _read_exact(stream, min(step, left))
+                    crc = zlib.crc32(chunk, crc)
                     left -= len(chunk)
                     counts[key] += _nonzeros(chunk, dtype, part == "bitmask", nibbles)
             if compressed:
                 stream.finish()
+            _need(header.get("crc32") is None or crc == header["crc32"],
+                  "its tensor bytes do not match their checksum (the file was changed after it was written)")
     except _Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
     except OSError as e:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,11 +196,24 @@ def _save(model: nn.Module, path, quantize, compress, structured: bool) -> SaveI
     header = {"format": FORMAT, "tensors": meta, "aliases": aliases, "model_class": type(model).__name__}
     if structured:
         header["structured"] = size_attrs(model)
-    blob = save_bytes(out, metadata={"prunekit": json.dumps(header)})
+    blob = _with_checksum(save_bytes(out, metadata={"prunekit": json.dumps(header)}), header)
     if compress == "lzma":
         blob = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
     write_bytes(path, blob, "path")
     return SaveInfo(path, os.path.getsize(path), dense_bytes)
+
+
+def _with_checksum(blob: bytes, header: dict) -> bytes:
+    """``blob`` with the CRC-32 of its tensor bytes in the prunekit header (checked by ``load``: a
+    plain safetensors file has no checksum, so a flipped bit in a value would load unnoticed)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    data = memoryview(blob)[8 + n:]
+    header = {**header, "crc32": zlib.crc32(data)}
+    st = json.loads(bytes(blob[8:8 + n]))
+    st["__metadata__"]["prunekit"] = json.dumps(header)
+    raw = json.dumps(st, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors keeps the data 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + data
 
 
 def read_header(path: str | os.PathLike) -> dict:

@@ -161,7 +161,17 @@ def test_sixteen_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tm
         (["bench", str(onnx_path), "--input", "1x31"], "does not run on example_inputs"),
         (["prune", f"{broken}:raises", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "raised RuntimeError"),
         (["prune", f"{broken}:not_a_module", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "not a torch.nn.Module"),
-        (["prune", f"{broken}:syntax", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "has no function"),
+        (["prune", f"{broken}:syntax", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "is a int, not a function"),
+        (["prune", f"{broken}:absent", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "has no function"),
+        (["prune", factory, "--structured", "0.5", "--quantize", "int8", "--sparsity", "0.5", "--out",
+          str(tmp_path / "r.pk")], "does not take --sparsity"),
+        (["prune", factory, "--sparsity", "0.5", "--round-to", "8", "--out", str(tmp_path / "r.pk")],
+         "--round-to applies to --structured"),
+        (["prune", factory, "--sparsity", "0.5", "--input", "foo", "--out", str(tmp_path / "r.pk")], "--input 'foo'"),
+        (["prune", factory, "--sparsity", "0.5", "--input", "1x3", "--out", str(tmp_path / "r.pk")],
+         "does not run on --input 1x3"),
+        (["prune", factory, "--sparsity", "0.5", "--out", str(tmp_path / "r.onnx")], "prune writes a prunekit file"),
+        (["export", factory, "--input", "1x32", "--out", str(tmp_path / "x.safetensors")], "name the file *.onnx"),
         (["prune", str(pickled), "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "never loads pickled"),
         (["export", factory, "--weights", str(onnx_path), "--input", "1x32", "--out", str(tmp_path / "x.onnx")],
          "not a prunekit file"),
@@ -187,6 +197,14 @@ def test_every_command_takes_what_the_others_write(factory, tmp_path, capsys):
     onnx_small = tmp_path / "small.onnx"
     assert main(["export", factory, "--weights", str(small), "--input", "1x32", "--out", str(onnx_small)]) == 0
     assert main(["bench", str(onnx_small), "--input", "1x32", "--min-time", "0.05"]) == 0
+    small_q = tmp_path / "small_q.pk"  # --structured with --quantize: smaller and int8
+    assert main(["prune", factory, "--structured", "0.5", "--quantize", "int8", "--input", "1x32", "--out", str(small_q)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(small_q)]) == 0
+    out = capsys.readouterr().out
+    assert "structurally pruned" in out and ("dense+int8" in out or "bitmask+int8" in out)
+    assert main(["bench", str(onnx_small), "--min-time", "0.05"]) == 0  # inputs from the graph itself
+    assert "inputs from the graph: --input input_0=1x32:float32" in capsys.readouterr().err
     quantized = tmp_path / "q.pk"
     assert main(["prune", factory, "--sparsity", "0.9", "--quantize", "int8", "--out", str(quantized)]) == 0
     capsys.readouterr()
@@ -219,3 +237,33 @@ def test_hugging_face_folder_exports_and_is_scored_on_real_tokens(hf_folder, tmp
     out = tmp_path / "bert.onnx"
     assert main(["export", hf_folder, "--out", str(out)]) == 0
     assert out.exists()
+
+
+def test_saved_masks_keep_their_pattern_and_small_conveniences(factory, tmp_path, capsys):
+    out = tmp_path / "m.pk"
+    assert main(["prune", factory, "--pattern", "2:4", "--scope", "layer", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("0.weight"))
+    assert "2:4" in row and "50.00%" in row  # the file keeps the masks, so the pattern is known
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("schedule: {type: OneShot, sparsity: 0.9}\n")
+    assert main(["prune", factory, "--recipe", str(recipe), "--sparsity", "0.5", "--out", str(out)]) == 0
+    assert "--sparsity 0.5 overrides the recipe's sparsity" in capsys.readouterr().err
+    advice = tmp_path / "a.json"
+    assert main(["advise", factory, "--input", "2x32", "--budget", "20", "--threads", "1", "--no-progress",
+                 "--out", str(advice)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(advice)]) == 0  # the table, without --html
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """`prunekit report f | head` printed '[Errno 32] Broken pipe' once the reader had left."""
+    many = tmp_path / "many.py"
+    many.write_text("from torch import nn\n\ndef make():\n    return nn.Sequential(*[nn.Linear(4, 4) for _ in range(1500)])\n")
+    out = tmp_path / "m.pk"
+    assert main(["prune", f"{many}:make", "--sparsity", "0.5", "--out", str(out)]) == 0
+    done = subprocess.run(f"{sys.executable} -m prunekit.cli report {out} | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120)  # ~250 KB of table: more than a pipe holds
+    assert done.stdout.count("\n") == 1 and "Broken pipe" not in done.stderr and "Traceback" not in done.stderr

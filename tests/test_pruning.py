@@ -404,3 +404,11 @@ def test_numpy_and_tensor_scalars_are_sparsities(value):
 def test_non_modules_get_a_type_error_naming_the_argument(fn):
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
         fn({"weight": torch.ones(2)})
+
+
+def test_calibration_data_that_does_not_run_the_model_is_named():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="data batch 1 does not run the model"):
+        pk.prune(model, 0.5, criterion="wanda", data=[torch.randn(2, 8), torch.randn(2, 7)])
+    assert_unchanged(model, before)

@@ -40,8 +40,11 @@ def _user_factory(spec: str):
         module_spec.loader.exec_module(module)
     except Exception as e:
         raise UserError(f"{path} failed to import: {type(e).__name__}: {e}") from None
-    if not callable(getattr(module, factory, None)):
+    if not hasattr(module, factory):
         raise UserError(f"{path} has no function {factory!r}; define def {factory}(): return model")
+    if not callable(getattr(module, factory)):
+        raise UserError(f"{path}:{factory} is a {type(getattr(module, factory)).__name__}, not a function; "
+                        f"define def {factory}(): return model")
     try:
         model = getattr(module, factory)()
     except Exception as e:
@@ -175,19 +178,39 @@ def _final_sparsity(schedule) -> float | None:
     return None
 
 
+def _saved(info, quantize) -> str:
+    note = " (xz-compressed: read it with prunekit, not with plain safetensors tools)" if quantize else ""
+    return f"{info}{note}"
+
+
 def _prune(args) -> int:
     import prunekit as pk
 
     _out(args.out, "--out")
+    if args.out.endswith(".onnx"):
+        raise UserError(f"--out {args.out!r}: prune writes a prunekit file; for ONNX run prunekit export ... --weights FILE")
     _in(args.recipe, "--recipe")
+    if args.structured is not None:
+        mixed = [flag for flag, value in (("--sparsity", args.sparsity), ("--pattern", args.pattern),
+                                          ("--recipe", args.recipe), ("--exclude", args.exclude), ("--scope", args.scope))
+                 if value]
+        if mixed:
+            raise UserError(f"--structured removes whole channels and does not take {', '.join(mixed)}; prune the "
+                            "smaller model in Python (prunekit.prune) to add masks, or drop --structured")
+    elif args.round_to is not None:
+        raise UserError("--round-to applies to --structured (channel counts); give --structured 0.5 or leave it out")
     model, default = load_model(args.model)
     if args.structured is not None:
         ratio = _fraction(args.structured, "--structured")
-        report = pk.structured.prune_channels(model, _inputs(args, default, model), ratio=ratio, round_to=args.round_to)
+        round_to = 8 if args.round_to is None else args.round_to
+        report = pk.structured.prune_channels(model, _inputs(args, default, model), ratio=ratio, round_to=round_to)
         print(report)
-        print(pk.save(model, args.out))
+        info = pk.save(model, args.out, quantize=args.quantize, compress="lzma" if args.quantize else None)
+        print(_saved(info, args.quantize))
         print(f"load with prunekit.load(path, a fresh {type(model).__name__}); its layers are resized to the file's")
         return 0
+    if args.input:
+        _inputs(args, default, model)  # checked even though unstructured pruning needs no inputs
     kwargs = {}
     sparsity = None
     if args.recipe:
@@ -197,18 +220,24 @@ def _prune(args) -> int:
         sparsity = _final_sparsity(recipe.schedule)
         kwargs = dict(criterion=recipe.criterion, pattern=recipe.pattern, scope=recipe.scope, include=recipe.include,
                       exclude=recipe.exclude)
+    for flag, key, value in (("--sparsity", "sparsity", args.sparsity), ("--pattern", "pattern", args.pattern),
+                             ("--scope", "scope", args.scope)):
+        if value and args.recipe:
+            print(f"{flag} {value} overrides the recipe's {key}", file=sys.stderr)
     if args.sparsity is not None:
         sparsity = _fraction(args.sparsity, "--sparsity")
     if args.pattern:
         kwargs["pattern"] = args.pattern
+    if args.scope:
+        kwargs["scope"] = args.scope
     if args.exclude:
         kwargs["exclude"] = args.exclude
     if sparsity is None and not str(kwargs.get("pattern", "")).count(":") == 1:
         raise UserError("give --sparsity 0.8 (or --pattern 2:4, or --recipe recipe.yaml, or --structured 0.5)")
     pk.prune(model, sparsity, **kwargs)
-    pk.finalize(model)
-    print(pk.sparsity_report(model))
-    print(pk.save(model, args.out, quantize=args.quantize, compress="lzma" if args.quantize else None))
+    print(pk.sparsity_report(model))  # saved with its masks: pk.load gives them back, report shows the pattern
+    info = pk.save(model, args.out, quantize=args.quantize, compress="lzma" if args.quantize else None)
+    print(_saved(info, args.quantize))
     return 0
 
 
@@ -217,6 +246,8 @@ def _export(args) -> int:
     from prunekit.deploy import export_onnx
 
     _out(args.out, "--out")
+    if not args.out.endswith(".onnx"):
+        raise UserError(f"--out {args.out!r}: export writes ONNX; name the file *.onnx (prunekit files come from prune)")
     _in(args.weights, "--weights")
     model, default = load_model(args.model)
     if args.weights:
@@ -292,7 +323,13 @@ def _report(args) -> int:
         if not isinstance(advice, dict) or "rows" not in advice or "matrix" not in advice:
             raise UserError(f"{args.path} is not an advise result (write one with prunekit advise ... --out advise.json)")
         if not args.html:
-            raise UserError("for an advise JSON give --html report.html")
+            from prunekit.advise import Advice
+
+            try:
+                print(Advice(**advice))
+            except (TypeError, KeyError, ValueError):
+                raise UserError(f"{args.path} is not an advise result this prunekit can read") from None
+            return 0
         from prunekit.htmlreport import write_report
 
         print("wrote", ", ".join(write_report(advice, args.html, title=f"prunekit advise: {args.path}")))
@@ -350,6 +387,34 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _onnx_inputs(path: str):
+    """Batch-1 inputs from the graph's own input declarations: fixed sizes as declared, the first
+    symbolic size 1 (the batch), other symbolic sizes 128 (a sequence); printed, so they can be changed."""
+    import onnx
+    import torch
+
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as e:
+        raise UserError(f"{path} is not an ONNX model ONNX Runtime can load: {str(e).splitlines()[0][:200]}") from None
+    initializers = {i.name for i in graph.initializer}
+    types = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
+    specs = []
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        shape = tuple(d if d else (1 if i == 0 else 128) for i, d in enumerate(dims))
+        dtype = types.get(tensor.elem_type)
+        if dtype is None:
+            raise UserError(f"input {value.name!r} of {path} has an element type prunekit cannot make up; give --input")
+        specs.append((value.name, shape, dtype))
+    shown = " ".join(f"--input {n}={'x'.join(map(str, s))}:{str(d).removeprefix('torch.')}" for n, s, d in specs)
+    print(f"inputs from the graph: {shown}", file=sys.stderr)
+    return specs
+
+
 def _bench(args) -> int:
     from prunekit.bench import benchmark
 
@@ -357,9 +422,7 @@ def _bench(args) -> int:
         raise UserError("MODEL must be an .onnx file (make one with: prunekit export resnet18 --out model.onnx)")
     _in(args.model, "MODEL")
     _out(args.json, "--json")
-    specs = [_parse_input(s) for s in args.input]
-    if not specs:
-        raise UserError("give the batch-1 input shape, e.g. --input 1x784 or --input input_ids=1x128:int64")
+    specs = [_parse_input(s) for s in args.input] or _onnx_inputs(args.model)
     sizes = _batch_sizes(args.batch_sizes)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} must be at least 1, e.g. 2")
@@ -412,8 +475,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=None, help="unstructured | N:M (2:4) | block:1x4 | channel")
     p.add_argument("--recipe", default=None, help="a YAML recipe (criterion, pattern, scope, include, schedule)")
     p.add_argument("--exclude", action="append", default=[], help="module-name glob to leave dense (repeat)")
+    p.add_argument("--scope", choices=["global", "layer"], default=None,
+                   help="rank all layers together (global, the default) or give each layer the same sparsity")
     p.add_argument("--structured", default=None, help="remove this fraction of channels/heads instead, e.g. 0.5")
-    p.add_argument("--round-to", type=int, default=8, help="with --structured: channel counts multiple of this")
+    p.add_argument("--round-to", type=int, default=None, help="with --structured: channel counts multiple of this (8)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="lossy smaller file (lzma)")
     p.add_argument("--input", action="append", default=[], help="batch-1 input: 1x3x224x224 or NAME=1x128:int64")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
@@ -455,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `prunekit report f | head`: the reader left, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return 0
     except (UserError, ValueError, TypeError, KeyError, OSError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         message = str(text).splitlines()[0] if str(text) else type(e).__name__

@@ -156,8 +156,8 @@ class Taylor(Criterion):
         sums = [torch.zeros_like(p) for p in params]
         n = 0
         with eval_mode(model), torch.enable_grad():
-            for batch in data:
-                loss = run_loss(model, batch, loss_fn)
+            for i, batch in enumerate(data):
+                loss = _batch(run_loss, model, batch, loss_fn, i=i)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for s, g in zip(sums, grads):
                     if g is not None:
@@ -176,6 +176,17 @@ class Taylor(Criterion):
         if context.grad is None:
             raise ValueError(f"criterion='taylor' has no gradient for '{context.fqn}'")
         return (weight * context.grad).abs()
+
+
+def _batch(fn, *args, i: int):
+    """``fn(*args)`` for calibration batch ``i``; a batch that does not run the model is named."""
+    try:
+        return fn(*args)
+    except (TypeError, ValueError):
+        raise
+    except Exception as e:
+        raise ValueError(f"data batch {i} does not run the model: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
 
 
 class Wanda(Criterion):
@@ -199,8 +210,8 @@ class Wanda(Criterion):
         n = 0
         try:
             with eval_mode(model), torch.no_grad():
-                for batch in data:
-                    forward_batch(model, batch)
+                for i, batch in enumerate(data):
+                    _batch(forward_batch, model, batch, i=i)
                     n += 1
         finally:
             for st in stats.values():

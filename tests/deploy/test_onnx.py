@@ -137,3 +137,23 @@ def test_export_restores_every_module_training_flag(tmp_path):
     model[2].eval()  # a mixed state must come back exactly
     export_onnx(model, torch.randn(1, 784), tmp_path / "m.onnx")
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True]
+
+
+def test_token_inputs_get_a_dynamic_sequence_and_outputs_their_names(tmp_path):
+    """A 12-token example fixed the sequence at 12 (20 tokens failed in ONNX Runtime); outputs were '883'."""
+    transformers = pytest.importorskip("transformers")
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64)).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    info = export_onnx(bert, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, tmp_path / "b.onnx")
+    session = ort.InferenceSession(info.path)
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state", "pooler_output"]
+    longer = {"input_ids": torch.randint(0, 50, (3, 20)), "attention_mask": torch.ones(3, 20, dtype=torch.long)}
+    got = session.run(None, {k: v.numpy() for k, v in longer.items()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), bert(**longer).last_hidden_state, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="does not run on example_inputs"):
+        export_onnx(_lenet(), torch.randn(1, 783), tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()

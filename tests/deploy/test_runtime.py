@@ -330,3 +330,8 @@ def test_a_failing_layer_puts_the_swapped_layers_back(monkeypatch):
     with pytest.raises(RuntimeError, match="second layer"):
         sparse_runtime(model, x, inplace=True)
     assert all(type(m) is nn.Linear for m in (model[0], model[2])) and torch.equal(model(x), ref)
+
+
+def test_example_inputs_that_do_not_run_the_model_are_named():
+    with pytest.raises(ValueError, match="does not run on example_inputs"):
+        sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 7))

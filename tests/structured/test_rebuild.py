@@ -324,3 +324,11 @@ def test_group_norm_keeps_its_groups_even():
     prune_channels(model, x, ratio=0.5, round_to=None)
     assert model[1].num_channels == model[0].out_channels == 8 and model[1].num_groups == 4
     assert model(x).shape == (2, 4, 6, 6)
+
+
+def test_a_budget_that_cannot_be_reached_is_said():
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    with pytest.warns(UserWarning, match="target_params=1000 asks for 1,000 but .* remain: max_ratio=0.9"):
+        prune_channels(model, torch.randn(1, 3, 32, 32), target_params=1000)

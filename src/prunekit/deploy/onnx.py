@@ -99,6 +99,20 @@ def _as_exportable(model: nn.Module) -> nn.Module:
     return model
 
 
+def _outputs(out: Any) -> tuple[list[str], list[int]]:
+    """Graph output names and ranks for a model's output: a dict's (or ModelOutput's) keys, else
+    ``output``, ``output_1``, ... in the exporter's flattening order."""
+    if isinstance(out, torch.Tensor):
+        return ["output"], [out.dim()]
+    if isinstance(out, dict):
+        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return [str(k) for k, _ in items], [v.dim() for _, v in items]
+    if isinstance(out, (tuple, list)):
+        flat = [v for v in out if isinstance(v, torch.Tensor)]
+        return ["output"] + [f"output_{i}" for i in range(1, len(flat))], [v.dim() for v in flat]
+    return ["output"], [0]
+
+
 class _Keywords(nn.Module):
     """Calls ``model(**dict(zip(keys, args)))``: keyword inputs as positional ones, for the exporter."""
 
@@ -192,8 +206,23 @@ def export_onnx(
     else:
         args = _inputs(example_inputs)
         names = input_names or [f"input_{i}" for i in range(len(args))]
-    axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
     model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(*args)
+    except Exception as e:
+        for m, flag in flags.items():
+            m.training = flag
+        raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+    output_names, ranks = _outputs(outputs)
+    axes = None
+    if dynamic_batch:  # batch everywhere; the sequence too where inputs are token ids (integer, 2+ dims)
+        sequence = any(not a.is_floating_point() and a.dim() >= 2 for a in args if isinstance(a, torch.Tensor))
+        axes = {n: {0: "batch", **({1: "sequence"} if sequence and not a.is_floating_point() and a.dim() >= 2 else {})}
+                for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.dim() >= 1}
+        axes.update({n: {0: "batch", **({1: "sequence"} if sequence and r >= 3 else {})}
+                     for n, r in zip(output_names, ranks) if r >= 1})
     mha = getattr(torch.backends, "mha", None)
     switch = hasattr(mha, "set_fastpath_enabled")
     fastpath = mha.get_fastpath_enabled() if switch else None
@@ -203,7 +232,7 @@ def export_onnx(
             if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
                 mha.set_fastpath_enabled(False)
             with torch.no_grad():
-                torch.onnx.export(model, args, target, input_names=names, output_names=["output"],
+                torch.onnx.export(model, args, target, input_names=names, output_names=output_names,
                                   dynamic_axes=axes, opset_version=opset, dynamo=False)
         finally:
             if switch:

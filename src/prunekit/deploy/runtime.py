@@ -224,6 +224,9 @@ def _input_shapes(model: nn.Module, example_inputs: Any, modules: list[tuple[str
     try:
         with torch.no_grad():
             _call(model.eval(), example_inputs)
+    except Exception as e:
+        raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
     finally:
         for h in hooks:
             h.remove()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -436,7 +437,9 @@ def prune_channels(
         found = build_groups(model, t, exclude)
     expected = t.modes  # output shapes per mode, from the trace
     macs0, params0 = t.macs, sum(p.numel() for p in model.parameters())
+    budget = None
     if ratio is None:
+        budget = ("target_macs", target_macs) if target_macs is not None else ("target_params", target_params)
         _prune(copy.deepcopy(model), example_inputs, found, t, 0.5, criterion, scope, round_to, max_ratio, seed,
                expected)  # learn which groups the model's own code keeps, before searching
         goal = target_macs if target_macs is not None else target_params
@@ -452,6 +455,13 @@ def prune_channels(
     layers, kept = _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, max_ratio, seed, expected,
                           counter)
     macs1, params1 = counter.macs, sum(p.numel() for p in model.parameters())
+    if budget is not None:
+        name, got = budget
+        achieved = macs1 if name == "target_macs" else params1
+        if achieved > 1.1 * want:
+            warnings.warn(f"{name}={goal!r} asks for {want:,.0f} but {achieved:,} remain: max_ratio={max_ratio} and the "
+                          "groups prunekit must keep (prunekit.structured.groups shows why) bound how far it can go",
+                          stacklevel=2)
     model._prunekit_structured = True  # prunekit.save records the new sizes; prunekit.load restores them
     return StructuredReport(macs=(macs0, macs1), params=(params0, params1), layers=layers,
                             groups=[(g, len(g)) for g in found], criterion=getattr(criterion, "__name__", str(criterion)),

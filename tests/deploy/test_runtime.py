@@ -335,3 +335,16 @@ def test_a_failing_layer_puts_the_swapped_layers_back(monkeypatch):
 def test_example_inputs_that_do_not_run_the_model_are_named():
     with pytest.raises(ValueError, match="does not run on example_inputs"):
         sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 7))
+
+
+@needs_kernels
+def test_a_runtime_model_saves_as_the_dense_layers_it_computes(tmp_path):
+    """pk.save of a sparse_runtime model wrote a file that no model could load."""
+    model = nn.Sequential(_sparse_linear(64, 32, 0.9), nn.ReLU(), _sparse_linear(8, 64, 0.9, seed=1)).eval()
+    fast = sparse_runtime(model)  # unmeasured: every candidate runs sparse
+    assert isinstance(fast[0], SparseLinear)
+    pk.save(fast, tmp_path / "fast.pk")
+    fresh = pk.load(tmp_path / "fast.pk", nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)))
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(fresh(x), model(x))
+    assert pk.sparsity_report(fresh).nonzeros == pk.sparsity_report(model).nonzeros

@@ -15,7 +15,7 @@ from torch import nn
 
 from prunekit.deploy.kernels import load
 
-__all__ = ["SparseLinear", "SparseLinearInt8", "SparseConv2d"]
+__all__ = ["SparseLinear", "SparseLinearInt8", "SparseConv2d", "dense_equivalent"]
 
 
 def _csr(w: torch.Tensor, module: nn.Module, chunks_per_thread: int) -> None:
@@ -239,3 +239,31 @@ class SparseConv2d(_KernelLayer):
         total = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"nnz={self.nnz} ({1 - self.nnz / total:.1%} sparse)")
+
+
+def dense_equivalent(model: nn.Module, verb: str = "save") -> nn.Module:
+    """``model`` with its float kernel layers turned back into the dense layers they compute (a copy
+    when it has any; ``model`` itself otherwise). Int8 kernel layers, which only prunekit's and
+    PyTorch's runtimes compute, are refused by name.
+
+    Example:
+        >>> plain = dense_equivalent(prunekit.deploy.sparse_runtime(pruned, x))   # nn.Linear again
+    """
+    import copy
+
+    runtime = [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
+    int8 = [n for n, m in model.named_modules()
+            if isinstance(m, SparseLinearInt8) or type(m).__module__.startswith("torch.ao.nn.quantized")]
+    if int8:
+        how = ("export_onnx(pruned, x, path, quantize='int8')" if verb == "export" else
+               "prunekit.save(pruned, path, quantize='int8')")
+        raise ValueError(f"layers {int8[:4]} run int8 kernels (sparse_runtime(int8=True)), which cannot be "
+                         f"{'exported' if verb == 'export' else 'saved'} as they run; {verb} the pruned float model "
+                         f"instead: {how}")
+    if not runtime:
+        return model
+    model = copy.deepcopy(model)
+    for name, m in runtime:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, m.to_dense())
+    return model

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prunekit._io import atomic_path, check_output_path
+from prunekit.deploy.layers import dense_equivalent
 from prunekit.masks import finalize, masks
 
 __all__ = ["export_onnx", "ExportInfo", "count_onnx_weights", "count_int8_weights"]
@@ -75,28 +76,6 @@ def _inputs(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, list):
         return tuple(example_inputs)
     return (example_inputs,)
-
-
-def _as_exportable(model: nn.Module) -> nn.Module:
-    """``model`` with sparse-runtime layers turned back into the dense layers they compute (a copy
-    when there are any); int8 kernels, which ONNX cannot express, are refused by name."""
-    from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
-
-    runtime = [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
-    int8 = [n for n, m in model.named_modules()
-            if isinstance(m, SparseLinearInt8) or type(m).__module__.startswith("torch.ao.nn.quantized")]
-    if int8:
-        raise ValueError(
-            f"layers {int8[:4]} run int8 kernels (sparse_runtime(int8=True)), which ONNX cannot express; export "
-            "the pruned float model instead and let ONNX Runtime quantize it: export_onnx(pruned, x, path, quantize='int8')"
-        )
-    if not runtime:
-        return model
-    model = copy.deepcopy(model)
-    for name, m in runtime:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, m.to_dense())
-    return model
 
 
 def _outputs(out: Any) -> tuple[list[str], list[int]]:
@@ -183,7 +162,7 @@ def export_onnx(
     if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 25:
         raise ValueError(f"opset={opset!r} must be an int ONNX opset, e.g. 17")
     path = check_output_path(path, "path")
-    model = _as_exportable(model)
+    model = dense_equivalent(model, "export")
     if masks(model):
         warnings.warn("the model has live masks: exporting a finalized copy (masks baked in); "
                       "call prunekit.finalize(model) first to silence this", stacklevel=2)

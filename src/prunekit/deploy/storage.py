@@ -38,6 +38,7 @@ from torch import nn
 
 from prunekit._io import check_input_file, check_output_path, write_bytes
 from prunekit.deploy._format import FORMAT, read_file, scan_file
+from prunekit.deploy.layers import dense_equivalent
 from prunekit.masks import Undo, attach, effective, find_mask, state_dict_copies
 from prunekit.structured.storage import resize_, size_attrs
 from prunekit.targets import param_index
@@ -163,6 +164,7 @@ def _save(model: nn.Module, path, quantize, compress, structured: bool) -> SaveI
     if compress not in (None, "lzma"):
         raise ValueError(f"compress={compress!r} is unknown; use None or 'lzma'")
     path = check_output_path(path, "path")
+    model = dense_equivalent(model, "save")  # a sparse_runtime model is saved as the layers it computes
     tensors, info, aliases = _clean_state(model)
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}

@@ -24,6 +24,7 @@ import torchvision  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import prunekit as pk  # noqa: E402
+from prunekit._io import write_text  # noqa: E402
 from prunekit.htmlreport import write_report  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -70,8 +71,7 @@ def main() -> None:
         print(advice, flush=True)
         advice.to_json(os.path.join(RESULTS, f"advise_{key}.json"))
         write_report(advice, os.path.join(RESULTS, f"advise_{key}.html"), title=f"prunekit advise: {title}")
-        with open(os.path.join(RESULTS, f"advise_{key}.md"), "w") as f:
-            f.write(markdown(title, advice))
+        write_text(os.path.join(RESULTS, f"advise_{key}.md"), markdown(title, advice))
 
 
 def markdown(title, advice) -> str:
@@ -79,14 +79,19 @@ def markdown(title, advice) -> str:
     lines = [f"# prunekit advise: {title}", "",
              f"{advice.threads} threads, budget {advice.budget_s:.0f} s, took {advice.elapsed_s:.0f} s; quality = {q}; "
              "one-shot candidates (no fine-tuning). Produced by `make bench` (bench/advise.py).", "",
-             "| candidate | ms | speedup | file | quality | Pareto |", "|---|---|---|---|---|---|",
-             f"| dense | {advice.dense['latency_ms']:.1f} | 1.00x | 1.00x | {advice.dense['quality']:.3f} | |"]
+             "Each speedup is dense ms / ms of the same interleaved run.", "",
+             "| candidate | ms | dense ms | speedup | file | quality | Pareto |", "|---|---|---|---|---|---|---|",
+             f"| dense (median of the runs) | {advice.dense['latency_ms']:.1f} | | 1.00x | 1.00x | "
+             f"{advice.dense['quality']:.3f} | |"]
     for r in advice.rows:
         if r.get("error"):
-            lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | |")
         else:
-            lines.append(f"| {r['name']} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {r['size_ratio']:.2f}x | "
-                         f"{r['quality']:.3f} | {'yes' if r['pareto'] else ''} |")
+            lines.append(f"| {r['name']} | {r['latency_ms']:.1f} | {r['dense_ms']:.1f} | {r['speedup']:.2f}x | "
+                         f"{r['size_ratio']:.2f}x | {r['quality']:.3f} | {'yes' if r['pareto'] else ''} |")
+    notes = [f"- {r['name']}: {r['note']}" for r in advice.rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
     if advice.skipped:
         lines += ["", "Not measured within the budget: " + ", ".join(advice.skipped) + "."]
     lines += ["", "| scenario | method | target | measured here |", "|---|---|---|---|"]

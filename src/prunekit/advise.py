@@ -229,15 +229,19 @@ def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> lis
     ok = [r for r in rows if not r.get("error")]
     out = []
 
-    def add(scenario, pool, key, note):
+    def add(scenario, pool, key, note, recover=True):
         good = [r for r in pool if r["quality"] >= quality_floor]
         if not pool:
             out.append({"scenario": scenario, "method": "-", "target": "-", "measured": "no candidate measured",
                         "notes": note})
             return
-        best = max(good or pool, key=key)  # the scenario's own criterion (fastest, smallest...), floor first
+        # the scenario's own criterion (fastest, smallest...) among candidates at the floor; below it, the
+        # same criterion when recovery is an option, else (no retraining) the best quality
+        best = max(good or pool, key=key if good or recover else lambda r: (r["quality"], r["speedup"]))
         measured = f"{best['speedup']:.2f}x speed, {best['size_ratio']:.2f}x file, quality {best['quality']:.3f}"
-        if not good:
+        if not good and not recover:
+            measured += f" (the best quality here, below the floor {quality_floor:.3f})"
+        elif not good:
             safest = max(pool, key=lambda r: (r["quality"], r["speedup"]))
             measured += f" (below the floor {quality_floor:.3f}: fine-tune to recover, e.g. prunekit.Pruner"
             if safest is not best:
@@ -255,7 +259,7 @@ def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> lis
         "quality measured here; the speed needs such a GPU (prunekit.deploy.semi_structured)")
     add("microcontroller / smallest file", ok, lambda r: -r["size_ratio"], "file size measured here")
     add("quick win, no retraining", [r for r in faster if "int8" in r["name"] or r["name"] == "structured 30%"],
-        lambda r: r["speedup"], "no data needed")
+        lambda r: r["speedup"], "no data needed", recover=False)
     return out
 
 

@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/prunekit demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 FASHION := /usr/share/datasets/fashion-mnist
 

@@ -39,7 +39,7 @@ def test_prune_masks_and_structured(factory, tmp_path, capsys):
     assert pk.sparsity_report(model).sparsity == pytest.approx(0.8, abs=1e-3)
     small = tmp_path / "s.safetensors"
     assert main(["prune", factory, "--structured", "0.5", "--input", "1x32", "--out", str(small)]) == 0
-    fresh = pk.structured.load(nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)), small)
+    fresh = pk.load(small, nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)))
     assert fresh[0].out_features == 64 and fresh(torch.randn(2, 32)).shape == (2, 8)
 
 

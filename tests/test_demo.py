@@ -37,7 +37,7 @@ def test_demo_shows_a_structurally_pruned_variant_that_reloads(result):
     assert channels["params"] < 0.4 * dense["params"] and channels["file_bytes"] < 0.4 * dense["file_bytes"]
     assert channels["accuracy"] > 0.8 and channels["latency_ms"] > 0
     _, _, xte, yte = load_digits(0, 1500)
-    model = pk.structured.load(SmallCNN(), result["paths"]["channels"])
+    model = pk.load(result["paths"]["channels"], SmallCNN())
     assert accuracy(model, xte, yte) == pytest.approx(channels["accuracy"])
     assert sum(p.numel() for p in model.parameters()) == channels["params"]
 

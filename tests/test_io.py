@@ -104,6 +104,8 @@ def _writers(tmp_path):
     from prunekit.schedules import OneShot
 
     model = _model()
+    shrunk = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    pk.structured.prune_channels(shrunk, torch.randn(1, 64), ratio=0.5)
     pruner = pk.Pruner(nn.Sequential(nn.Linear(8, 8)), OneShot(0.5))
     pruner.step()
     small = nn.Sequential(nn.Linear(8, 4)).eval()
@@ -111,7 +113,7 @@ def _writers(tmp_path):
     advice = {"rows": [], "dense": {"latency_ms": 1.0, "quality": 1.0}, "quality_kind": "cosine", "matrix": []}
     return {
         "pk.save": lambda p: pk.save(model, p),
-        "structured.save": lambda p: pk.structured.save(model, p),
+        "structured model": lambda p: pk.save(shrunk, p),
         "export_onnx": lambda p: export_onnx(small, torch.randn(1, 8), p),
         "BenchmarkResult.to_json": lambda p: result.to_json(p),
         "write_report": lambda p: write_report(advice, p),
@@ -119,7 +121,7 @@ def _writers(tmp_path):
     }
 
 
-@pytest.mark.parametrize("writer", ["pk.save", "structured.save", "export_onnx", "BenchmarkResult.to_json",
+@pytest.mark.parametrize("writer", ["pk.save", "structured model", "export_onnx", "BenchmarkResult.to_json",
                                     "write_report", "Pruner.plot"])
 def test_every_writer_replaces_its_file_atomically(tmp_path, monkeypatch, writer):
     if writer == "export_onnx":

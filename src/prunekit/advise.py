@@ -33,8 +33,8 @@ __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
 @dataclass
 class Candidate:
     """One way to make the model smaller/faster: ``build(model, example_inputs, threads)`` returns
-    ``(runnable, model_to_save, save_kind)`` where save_kind is ``"masks"``, ``"int8"`` or
-    ``"structured"``, optionally followed by a note on what was done differently (shown with the row)."""
+    ``(runnable, model_to_save, save_kind)`` where save_kind is ``"masks"`` or ``"structured"`` (the
+    file as prunekit.save writes it) or ``"int8"`` (int8 + lzma), optionally followed by a note on what was done differently (shown with the row)."""
 
     name: str
     method: str
@@ -198,9 +198,7 @@ def _size(model: nn.Module, kind: str, folder: str) -> int:
     import prunekit as pk
 
     path = os.path.join(folder, f"{time.monotonic_ns()}.safetensors")
-    if kind == "structured":
-        pk.structured.save(model, path)
-    elif kind == "int8":
+    if kind == "int8":
         pk.save(model, path, quantize="int8", compress="lzma")
     else:
         pk.save(model, path)

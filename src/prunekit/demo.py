@@ -157,7 +157,7 @@ def run(cfg: DemoConfig | None = None) -> dict:
     if cfg.finetune_epochs > 0:
         train(small, xtr, ytr, cfg.finetune_epochs, cfg, "channels 50% + fine-tune")
     acc_small = accuracy(small, xte, yte)
-    small_path = pk.structured.save(small, os.path.join(out, "channels50.safetensors"))
+    small_path = pk.save(small, os.path.join(out, "channels50.safetensors")).path
 
     dense_path = os.path.join(out, "dense.safetensors")
     write_bytes(dense_path, save_bytes({k: v.contiguous() for k, v in dense.state_dict().items()}))

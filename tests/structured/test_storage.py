@@ -23,9 +23,9 @@ def test_save_and_load_into_a_fresh_model(tmp_path):
     pk.prune(model, 0.6, include=lambda m, n: isinstance(m, nn.Linear))  # sparse on top
     pk.finalize(model)
     zeros = pk.sparsity_report(model).nonzeros
-    path = pk.structured.save(model, tmp_path / "small.safetensors")
+    path = pk.save(model, tmp_path / "small.safetensors").path
     fresh = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
-    pk.structured.load(fresh, path)
+    pk.load(path, fresh)
     assert pk.sparsity_report(fresh).nonzeros == zeros
     torch.testing.assert_close(fresh(x), model(x))
     assert isinstance(fresh.self_attention, HeadPrunedMultiheadAttention) and fresh.self_attention.num_heads == 2
@@ -37,23 +37,25 @@ def test_save_and_load_hugging_face(tmp_path, minilm):
     model, example = minilm
     model = copy.deepcopy(model)
     prune_channels(model, example, ratio=0.5)
-    path = pk.structured.save(model, tmp_path / "bert.safetensors")
-    fresh = pk.structured.load(BertModel(model.config).eval(), path)
+    path = pk.save(model, tmp_path / "bert.safetensors").path
+    fresh = pk.load(path, BertModel(model.config).eval())
     torch.testing.assert_close(fresh(**example).last_hidden_state, model(**example).last_hidden_state)
     assert fresh.encoder.layer[0].attention.self.num_attention_heads == 6
 
 
-def test_one_file_format_for_masks_and_structure(tmp_path):
-    """structured.save and prunekit.save write one format; either loader reads either file."""
+def test_the_old_structured_spellings_still_work_and_say_what_replaces_them(tmp_path):
+    """structured.save/load are deprecated spellings of prunekit.save/load: one format, either reads either file."""
     model = nn.Linear(4, 4)
     pk.prune(model, 0.5)
     pk.save(model, tmp_path / "masks.safetensors")
-    fresh = pk.structured.load(nn.Linear(4, 4), tmp_path / "masks.safetensors")
+    with pytest.deprecated_call(match="use prunekit.load\\(path, model\\)"):
+        fresh = pk.structured.load(nn.Linear(4, 4), tmp_path / "masks.safetensors")
     assert torch.equal(pk.masks(fresh)["weight"], pk.masks(model)["weight"])
-    path = pk.structured.save(nn.Linear(4, 4), tmp_path / "s.safetensors")
+    with pytest.deprecated_call(match="use prunekit.save\\(model, path\\)"):
+        path = pk.structured.save(nn.Linear(4, 4), tmp_path / "s.safetensors")
     other = nn.Sequential(nn.Linear(4, 4))
     before = snapshot(other)
-    with pytest.raises(ValueError, match="different model"):
+    with pytest.raises(ValueError, match="different model"), pytest.deprecated_call():
         pk.structured.load(other, path)
     assert_unchanged(other, before)
     with pytest.raises(TypeError, match="takes \\(model, path\\)"):
@@ -96,6 +98,6 @@ def test_wider_file_or_masked_target_is_refused_unchanged(tmp_path):
 
 def test_a_folder_or_missing_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="is a folder; give the file inside it"):
-        pk.structured.load(nn.Linear(4, 4), tmp_path)
+        pk.load(tmp_path, nn.Linear(4, 4))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        pk.structured.load(nn.Linear(4, 4), tmp_path / "none.safetensors")
+        pk.load(tmp_path / "none.safetensors", nn.Linear(4, 4))

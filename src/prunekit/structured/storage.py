@@ -8,13 +8,15 @@ the caller makes the model (``torchvision.models.resnet50()``, ``BertModel(confi
 resizes its tensors and attributes to the file's, then copies the weights. ``prune_channels``
 marks the model it shrinks, so ``prunekit.save`` records the sizes without being told.
 
-:func:`save` / :func:`load` here are the same thing with this package's argument order; files
-written by older versions (format ``prunekit-structured/1``) still load.
+:func:`save` / :func:`load` here are deprecated spellings of the same thing (``load`` took its
+arguments in the opposite order) and go in prunekit 0.3; files written by older versions (format
+``prunekit-structured/1``) still load.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -93,10 +95,8 @@ def resize_(model: nn.Module, sizes: dict, shapes: dict[str, torch.Size]) -> Cal
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> str:
-    """Write ``model``'s weights and pruned sizes to ``path`` (prunekit's file format). Changes nothing.
-
-    Same as :func:`prunekit.save`, which records the sizes by itself for models that
-    ``prune_channels`` shrank; kept for its return value (the path) and for older code.
+    """Deprecated: use :func:`prunekit.save` (the same file; it records the sizes by itself for models
+    that ``prune_channels`` shrank). Writes ``model``'s weights and pruned sizes to ``path``; returns it.
 
     Example:
         >>> prunekit.structured.prune_channels(model, x, ratio=0.5)
@@ -105,13 +105,15 @@ def save(model: nn.Module, path: str | os.PathLike) -> str:
     """
     from prunekit.deploy.storage import _save
 
+    warnings.warn("prunekit.structured.save is deprecated and goes in prunekit 0.3: use prunekit.save(model, path), "
+                  "which writes the same file", DeprecationWarning, stacklevel=2)
     return _save(model, path, None, None, structured=True).path
 
 
 def load(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Resize a fresh ``model`` to the pruned sizes in ``path`` and load its weights; returns ``model``.
+    """Deprecated: use :func:`prunekit.load` (``load(path, model)``: note the argument order).
 
-    Same as :func:`prunekit.load` (``load(path, model)``), with this package's older argument order.
+    Resizes a fresh ``model`` to the pruned sizes in ``path`` and loads its weights; returns ``model``.
     Changes: ``model``'s parameters, buffers and size attributes (in place). Nothing is unpickled.
 
     Raises:
@@ -123,4 +125,6 @@ def load(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.M
     if not isinstance(model, nn.Module):
         raise TypeError(f"structured.load takes (model, path); model must be a torch.nn.Module, got "
                         f"{type(model).__name__}. prunekit.load takes (path, model)")
+    warnings.warn("prunekit.structured.load(model, path) is deprecated and goes in prunekit 0.3: use "
+                  "prunekit.load(path, model)", DeprecationWarning, stacklevel=2)
     return load_file(path, model, strict=strict)

@@ -129,7 +129,7 @@ def _user_error(argv, capsys, words):
     return err[0]
 
 
-def test_sixteen_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tmp_path, capsys):
+def test_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tmp_path, capsys):
     broken = tmp_path / "broken.py"
     broken.write_text(BROKEN)
     bad_yaml = tmp_path / "bad.yaml"

@@ -20,142 +20,27 @@ a ``structured`` section.
 
 from __future__ import annotations
 
-import json
-import lzma
-import math
-import struct
 import zlib
 from typing import Any
 
 import torch
 
+from prunekit.deploy._container import (XZ_MAGIC, ST_DTYPES, Damaged, XzStream, count_nonzeros, element_size, need,
+                                        numel, one_of, parse_json, read_exact, read_st_header)
+
 __all__ = ["FORMAT", "STRUCTURED_FORMAT", "XZ_MAGIC", "read_file", "scan_file", "stored_bytes_bound"]
 
 FORMAT = "prunekit.sparse.v1"
 STRUCTURED_FORMAT = "prunekit-structured/1"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
-
-def _safetensors_dtypes() -> dict[str, torch.dtype]:
-    """Every dtype code this safetensors build reads (its own table where it has one)."""
-    try:
-        from safetensors.torch import _TYPES
-
-        return dict(_TYPES)
-    except ImportError:  # an older or newer safetensors without the table
-        return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                "BOOL": torch.bool}
-
-
-_ST_DTYPES = _safetensors_dtypes()
-_BY_NAME = {str(d).removeprefix("torch."): d for d in _ST_DTYPES.values()}
+_BY_NAME = {str(d).removeprefix("torch."): d for d in ST_DTYPES.values()}
 _QUANT = (None, "int8-row", "int4-row")
-
-
-class _Damaged(ValueError):
-    pass
-
-
-def _need(ok: bool, what: str) -> None:
-    if not ok:
-        raise _Damaged(what)
-
-
-def _json(raw, what: str):
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise _Damaged(f"{what} is not JSON") from None
-
-
-def _is(value, table) -> bool:
-    """``value in table`` for any JSON value (lists and dicts are unhashable)."""
-    return isinstance(value, (str, type(None))) and value in table
-
-
-def _size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def _numel(shape: list[int]) -> int:
-    return math.prod(shape) if shape else 1
-
-
-def _read_exact(stream, n: int) -> bytes:
-    data = stream.read(n)
-    _need(len(data) == n, f"it ends after {len(data)} of the {n} bytes its header announces (truncated)")
-    return data
-
-
-class _XzStream:
-    """``read(n)`` over an xz file, decompressing only what is asked for."""
-
-    def __init__(self, f):
-        self.f, self.dec, self.buf = f, lzma.LZMADecompressor(format=lzma.FORMAT_XZ), b""
-
-    def read(self, n: int) -> bytes:
-        out = [self.buf[:n]]
-        have = len(out[0])
-        self.buf = self.buf[n:]
-        while have < n and not self.dec.eof:
-            if self.dec.needs_input:
-                chunk = self.f.read(1 << 16)
-                if not chunk:
-                    break
-            else:
-                chunk = b""
-            try:
-                part = self.dec.decompress(chunk, max_length=min(n - have, 1 << 24))
-            except lzma.LZMAError as e:
-                raise _Damaged(f"its xz stream is damaged ({e})") from None
-            out.append(part)
-            have += len(part)
-        return b"".join(out)
-
-    def finish(self) -> None:
-        """The stream must end here, with its checksum intact."""
-        _need(not self.buf and not self.read(1), "its xz stream holds more than its header announces")
-        _need(self.dec.eof, "its xz stream is truncated")
-
-
-def _st_header(stream, file_bytes: int | None) -> tuple[dict, dict, int, bytes]:
-    """``(tensors, metadata, data_bytes, raw_header_bytes)`` of a safetensors blob."""
-    head = stream.read(8)
-    _need(len(head) == 8, "it is shorter than a safetensors header")
-    (n,) = struct.unpack("<Q", head)
-    _need(0 < n <= _MAX_HEADER and (file_bytes is None or 8 + n <= file_bytes), "it is not safetensors (bad header length)")
-    raw = _read_exact(stream, n)
-    header = _json(raw, "it is not safetensors: its header")
-    _need(isinstance(header, dict), "it is not safetensors (its header is not a JSON object)")
-    meta = header.pop("__metadata__", None) or {}
-    _need(isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values()), "its metadata is not text")
-    spans = []
-    for name, t in header.items():
-        ok = (isinstance(t, dict) and _is(t.get("dtype"), _ST_DTYPES) and isinstance(t.get("shape"), list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
-              and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
-              and all(isinstance(o, int) and not isinstance(o, bool) for o in t["data_offsets"]))
-        _need(ok, f"its safetensors entry {name!r} is malformed")
-        a, b = t["data_offsets"]
-        _need(0 <= a <= b and b - a == _numel(t["shape"]) * _size(_ST_DTYPES[t["dtype"]]),
-              f"its safetensors entry {name!r} has byte range {a}..{b}, which does not fit its dtype and shape")
-        spans.append((a, b))
-    spans.sort()
-    end = 0
-    for a, b in spans:
-        _need(a == end, "its tensors' byte ranges overlap or leave gaps")
-        end = b
-    _need(file_bytes is None or 8 + n + end == file_bytes,
-          f"its size ({file_bytes} bytes) is not what its header announces ({8 + n + end}): truncated or padded")
-    return header, meta, end, head + raw
 
 
 def _structured_as_header(tensors: dict, meta: dict) -> dict:
     """A ``prunekit-structured/1`` file's metadata as a prunekit header (every tensor dense)."""
-    _need("attrs" in meta and "classes" in meta, "its structured metadata (attrs, classes) is missing")
-    attrs, classes = _json(meta["attrs"], "its structured 'attrs'"), _json(meta["classes"], "its structured 'classes'")
-    entries = {name: {"shape": t["shape"], "dtype": str(_ST_DTYPES[t["dtype"]]).removeprefix("torch."),
+    need("attrs" in meta and "classes" in meta, "its structured metadata (attrs, classes) is missing")
+    attrs, classes = parse_json(meta["attrs"], "its structured 'attrs'"), parse_json(meta["classes"], "its structured 'classes'")
+    entries = {name: {"shape": t["shape"], "dtype": str(ST_DTYPES[t["dtype"]]).removeprefix("torch."),
                       "encoding": "dense", "pattern": None} for name, t in tensors.items()}
     return {"format": FORMAT, "tensors": entries, "aliases": {}, "model_class": None,
             "structured": {"attrs": attrs, "classes": classes}}
@@ -164,39 +49,39 @@ def _structured_as_header(tensors: dict, meta: dict) -> dict:
 def _check_structured(section: Any) -> None:
     from prunekit.structured.storage import SIZE_ATTRS
 
-    _need(isinstance(section, dict) and isinstance(section.get("attrs"), dict)
+    need(isinstance(section, dict) and isinstance(section.get("attrs"), dict)
           and isinstance(section.get("classes"), dict), "its 'structured' section is malformed")
     for module, values in section["attrs"].items():
-        _need(isinstance(module, str) and isinstance(values, dict), "its 'structured' sizes are malformed")
+        need(isinstance(module, str) and isinstance(values, dict), "its 'structured' sizes are malformed")
         for a, v in values.items():
             ok = a in SIZE_ATTRS and (isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v)))
-            _need(ok and not isinstance(v, bool), f"its size {module}.{a}={v!r} is not a known size attribute")
-    _need(all(isinstance(k, str) and v == "HeadPrunedMultiheadAttention" for k, v in section["classes"].items()),
+            need(ok and not isinstance(v, bool), f"its size {module}.{a}={v!r} is not a known size attribute")
+    need(all(isinstance(k, str) and v == "HeadPrunedMultiheadAttention" for k, v in section["classes"].items()),
           "its 'structured' classes name something prunekit does not switch")
 
 
 def _check_entry(name: str, e: Any, stored: dict) -> list[str]:
     """Validate one prunekit entry against the stored tensors; returns the stored names it uses."""
-    _need(isinstance(e, dict), f"entry {name!r} is not an object")
+    need(isinstance(e, dict), f"entry {name!r} is not an object")
     shape, dtype_name, enc, quant = e.get("shape"), e.get("dtype"), e.get("encoding"), e.get("quant")
-    _need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
+    need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
           f"entry {name!r} has shape {shape!r}, not a list of sizes")
-    _need(_is(dtype_name, _BY_NAME), f"entry {name!r} has dtype {dtype_name!r}, which this prunekit cannot read")
-    _need(_is(enc, ("dense", "bitmask")), f"entry {name!r} has encoding {enc!r}; files hold 'dense' or 'bitmask'")
-    _need(_is(quant, _QUANT), f"entry {name!r} has quant {quant!r}; files hold int8-row or int4-row")
-    dtype, n = _BY_NAME[dtype_name], _numel(shape)
-    _need(quant is None or (dtype.is_floating_point and len(shape) >= 2 and n > 0),
+    need(one_of(dtype_name, _BY_NAME), f"entry {name!r} has dtype {dtype_name!r}, which this prunekit cannot read")
+    need(one_of(enc, ("dense", "bitmask")), f"entry {name!r} has encoding {enc!r}; files hold 'dense' or 'bitmask'")
+    need(one_of(quant, _QUANT), f"entry {name!r} has quant {quant!r}; files hold int8-row or int4-row")
+    dtype, n = _BY_NAME[dtype_name], numel(shape)
+    need(quant is None or (dtype.is_floating_point and len(shape) >= 2 and n > 0),
           f"entry {name!r} claims {quant} for a {dtype_name} tensor of shape {shape}")
-    _need(isinstance(e.get("masked", False), bool), f"entry {name!r}: 'masked' is not true/false")
+    need(isinstance(e.get("masked", False), bool), f"entry {name!r}: 'masked' is not true/false")
     pattern = e.get("pattern")  # what made the mask, recorded for the report: any short text
-    _need(pattern is None or (isinstance(pattern, str) and len(pattern) <= 200),
+    need(pattern is None or (isinstance(pattern, str) and len(pattern) <= 200),
           f"entry {name!r}: pattern {str(pattern)[:40]!r} is not a short text")
 
     def want(key: str, st_dtype: torch.dtype, st_shape: list[int]) -> None:
         got = stored.get(key)
-        _need(got is not None, f"entry {name!r} needs the stored tensor {key!r}, which is missing")
-        have = (_ST_DTYPES[got["dtype"]], got["shape"])
-        _need(have == (st_dtype, st_shape), f"stored tensor {key!r} is {str(have[0]).removeprefix('torch.')} "
+        need(got is not None, f"entry {name!r} needs the stored tensor {key!r}, which is missing")
+        have = (ST_DTYPES[got["dtype"]], got["shape"])
+        need(have == (st_dtype, st_shape), f"stored tensor {key!r} is {str(have[0]).removeprefix('torch.')} "
               f"{have[1]}, but entry {name!r} needs {str(st_dtype).removeprefix('torch.')} {st_shape}")
 
     def value_layout(count: int) -> tuple[torch.dtype, list[int]]:
@@ -212,12 +97,12 @@ def _check_entry(name: str, e: Any, stored: dict) -> list[str]:
         want(name, st_dtype, st_shape if quant == "int4-row" else shape)
         used.append(name)
     else:
-        _need(n > 0 and dtype.is_floating_point, f"entry {name!r}: only non-empty float tensors use a bitmask")
+        need(n > 0 and dtype.is_floating_point, f"entry {name!r}: only non-empty float tensors use a bitmask")
         want(f"{name}/bitmask", torch.uint8, [(n + 7) // 8])
         values = stored.get(f"{name}/values")
-        _need(values is not None and len(values["shape"]) == 1, f"entry {name!r}: its kept values are missing")
+        need(values is not None and len(values["shape"]) == 1, f"entry {name!r}: its kept values are missing")
         count = values["shape"][0] * (2 if quant == "int4-row" else 1)
-        _need(count <= n + 1, f"entry {name!r} stores more kept values than it has elements")
+        need(count <= n + 1, f"entry {name!r} stores more kept values than it has elements")
         st_dtype, _ = value_layout(count)
         want(f"{name}/values", st_dtype, values["shape"])
         used += [f"{name}/bitmask", f"{name}/values"]
@@ -228,23 +113,23 @@ def _check_entry(name: str, e: Any, stored: dict) -> list[str]:
 
 
 def _check_header(header: Any, stored: dict) -> dict:
-    _need(isinstance(header, dict), "its prunekit header is not a JSON object")
-    _need(header.get("format") == FORMAT, f"it has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
+    need(isinstance(header, dict), "its prunekit header is not a JSON object")
+    need(header.get("format") == FORMAT, f"it has format {header.get('format')!r}; this prunekit reads {FORMAT!r}")
     entries, aliases = header.get("tensors"), header.get("aliases", {})
-    _need(isinstance(entries, dict), "its prunekit header has no 'tensors' table")
-    _need(all(isinstance(k, str) for k in entries), "its 'tensors' table has names that are not text")
-    _need(isinstance(aliases, dict) and isinstance(entries, dict)
-          and all(isinstance(k, str) and _is(v, entries) and v is not None for k, v in aliases.items()),
+    need(isinstance(entries, dict), "its prunekit header has no 'tensors' table")
+    need(all(isinstance(k, str) for k in entries), "its 'tensors' table has names that are not text")
+    need(isinstance(aliases, dict) and isinstance(entries, dict)
+          and all(isinstance(k, str) and one_of(v, entries) and v is not None for k, v in aliases.items()),
           "its 'aliases' do not name stored tensors")
-    _need(isinstance(header.get("model_class"), (str, type(None))), "its 'model_class' is not text")
+    need(isinstance(header.get("model_class"), (str, type(None))), "its 'model_class' is not text")
     crc = header.get("crc32")
-    _need(crc is None or (isinstance(crc, int) and not isinstance(crc, bool) and 0 <= crc < 2 ** 32),
+    need(crc is None or (isinstance(crc, int) and not isinstance(crc, bool) and 0 <= crc < 2 ** 32),
           "its 'crc32' is not a checksum")
     used = set()
     for name, entry in entries.items():
         used.update(_check_entry(name, entry, stored))
     extra = sorted(set(stored) - used)
-    _need(not extra, f"it stores tensors no entry describes: {extra[:5]}")
+    need(not extra, f"it stores tensors no entry describes: {extra[:5]}")
     if "structured" in header:
         _check_structured(header["structured"])
     return header
@@ -254,7 +139,7 @@ def stored_bytes_bound(entries: dict) -> int:
     """The most tensor bytes a valid file with these (validated) entries can store."""
     total = 0
     for e in entries.values():
-        n, size = _numel(e["shape"]), _size(_BY_NAME[e["dtype"]])
+        n, size = numel(e["shape"]), element_size(_BY_NAME[e["dtype"]])
         if e.get("quant") == "int4-row":
             size = 1
         total += n * size + (n + 7) // 8 + 8 + (4 * e["shape"][0] if e.get("quant") else 0)
@@ -284,7 +169,7 @@ def _decode(entries: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[
             kept = int(mask.sum())
             values = tensors[f"{name}/values"]
             stored = values.numel() * (2 if int4 else 1)
-            _need(stored in (kept, kept + 1) if int4 else stored == kept,
+            need(stored in (kept, kept + 1) if int4 else stored == kept,
                   f"entry {name!r}: its bitmask keeps {kept} values but {values.numel()} are stored")
             values = unpack4(values, kept) if int4 else values
             value = torch.zeros(n, dtype=values.dtype)
@@ -293,7 +178,7 @@ def _decode(entries: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[
             mask = mask.reshape(shape) if e.get("masked") else None
         if e.get("quant"):
             scale = tensors[f"{name}/scale"]
-            _need(bool(torch.isfinite(scale).all()), f"entry {name!r}: its scales are not finite")
+            need(bool(torch.isfinite(scale).all()), f"entry {name!r}: its scales are not finite")
             value = (value.reshape(shape[0], -1).float() * scale[:, None]).reshape(shape).to(_BY_NAME[e["dtype"]])
         decoded[name] = (value, mask)
     return decoded
@@ -323,29 +208,29 @@ def read_file(path: str, label: str, budget=None, header_only: bool = False):
         with open(path, "rb") as f:
             compressed = f.read(6) == XZ_MAGIC
             f.seek(0)
-            stream = _XzStream(f) if compressed else f
+            stream = XzStream(f) if compressed else f
             size = None if compressed else os.fstat(f.fileno()).st_size
-            stored, meta, data_bytes, head = _st_header(stream, size)
+            stored, meta, data_bytes, head = read_st_header(stream, size)
             if meta.get("format") == STRUCTURED_FORMAT:
                 header = _structured_as_header(stored, meta)
             else:
                 raw = meta.get("prunekit")
-                _need(raw is not None, "it has no 'prunekit' header; write it with prunekit.save")
-                header = _json(raw, "its prunekit header")
+                need(raw is not None, "it has no 'prunekit' header; write it with prunekit.save")
+                header = parse_json(raw, "its prunekit header")
             _check_header(header, stored)
             if header_only:
                 return header
             limit = budget(header) if budget is not None else stored_bytes_bound(header["tensors"])
-            _need(data_bytes <= limit, f"it announces {data_bytes:,} bytes of tensors, more than its entries "
+            need(data_bytes <= limit, f"it announces {data_bytes:,} bytes of tensors, more than its entries "
                   f"can hold here ({limit:,})")
-            data = _read_exact(stream, data_bytes)
+            data = read_exact(stream, data_bytes)
             if compressed:
                 stream.finish()
-            _need(header.get("crc32") is None or zlib.crc32(data) == header["crc32"],
+            need(header.get("crc32") is None or zlib.crc32(data) == header["crc32"],
                   "its tensor bytes do not match their checksum (the file was changed after it was written)")
             blob = head + data
             del data
-    except _Damaged as e:
+    except Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
     except OSError as e:
         raise ValueError(f"{label} cannot be read: {e}") from None
@@ -356,27 +241,8 @@ def read_file(path: str, label: str, budget=None, header_only: bool = False):
     del blob
     try:
         return header, _decode(header["tensors"], tensors)
-    except _Damaged as e:
+    except Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
-
-
-def _nonzeros(part: bytes, dtype: torch.dtype, bits: bool, nibbles: bool) -> int:
-    """Nonzero elements in raw little-endian bytes (set bits of a bitmask; int4 nibbles other than 8)."""
-    import numpy as np
-
-    raw = np.frombuffer(part, dtype=np.uint8)
-    if bits:
-        return int(np.unpackbits(raw).sum())
-    if nibbles:
-        return int(((raw >> 4) != 8).sum() + ((raw & 15) != 8).sum())
-    size = _size(dtype)
-    if dtype == torch.complex64:
-        words = np.frombuffer(part, dtype=np.uint32).reshape(-1, 2) & np.uint32(0x7FFFFFFF)
-        return int((words != 0).any(axis=1).sum())
-    words = np.frombuffer(part, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
-    if dtype.is_floating_point:  # -0.0 is zero: ignore the sign bit
-        words = words & words.dtype.type((1 << (8 * size - 1)) - 1)
-    return int(np.count_nonzero(words))
 
 
 def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
@@ -392,33 +258,33 @@ def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
         with open(path, "rb") as f:
             compressed = f.read(6) == XZ_MAGIC
             f.seek(0)
-            stream = _XzStream(f) if compressed else f
+            stream = XzStream(f) if compressed else f
             size = os.fstat(f.fileno()).st_size
-            stored, meta, data_bytes, _ = _st_header(stream, None if compressed else size)
+            stored, meta, data_bytes, _ = read_st_header(stream, None if compressed else size)
             header = _structured_as_header(stored, meta) if meta.get("format") == STRUCTURED_FORMAT else \
-                _json(meta.get("prunekit") or "null", "its prunekit header")
-            _need(header is not None, "it has no 'prunekit' header; write it with prunekit.save")
+                parse_json(meta.get("prunekit") or "null", "its prunekit header")
+            need(header is not None, "it has no 'prunekit' header; write it with prunekit.save")
             _check_header(header, stored)
-            _need(data_bytes <= max(1 << 30, 2000 * size), f"it announces {data_bytes:,} bytes of tensors in a "
+            need(data_bytes <= max(1 << 30, 2000 * size), f"it announces {data_bytes:,} bytes of tensors in a "
                   f"{size:,}-byte file, more than any prunekit file compresses to")
             int4 = {n for n, e in header["tensors"].items() if e.get("quant") == "int4-row"}
             counts, crc = {}, 0
             for key, t in sorted(stored.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-                dtype, (a, b) = _ST_DTYPES[t["dtype"]], t["data_offsets"]
-                step = max(_size(dtype), (16 << 20) // _size(dtype) * _size(dtype))
+                dtype, (a, b) = ST_DTYPES[t["dtype"]], t["data_offsets"]
+                step = max(element_size(dtype), (16 << 20) // element_size(dtype) * element_size(dtype))
                 owner, _, part = key.partition("/")
                 nibbles = owner in int4 and part in ("", "values")
                 counts[key], left = 0, b - a
                 while left:
-                    chunk = _read_exact(stream, min(step, left))
+                    chunk = read_exact(stream, min(step, left))
                     crc = zlib.crc32(chunk, crc)
                     left -= len(chunk)
-                    counts[key] += _nonzeros(chunk, dtype, part == "bitmask", nibbles)
+                    counts[key] += count_nonzeros(chunk, dtype, part == "bitmask", nibbles)
             if compressed:
                 stream.finish()
-            _need(header.get("crc32") is None or crc == header["crc32"],
+            need(header.get("crc32") is None or crc == header["crc32"],
                   "its tensor bytes do not match their checksum (the file was changed after it was written)")
-    except _Damaged as e:
+    except Damaged as e:
         raise ValueError(f"{label} is not a prunekit file, or it is damaged: {e}") from None
     except OSError as e:
         raise ValueError(f"{label} cannot be read: {e}") from None
@@ -428,5 +294,5 @@ def scan_file(path: str, label: str) -> tuple[dict, list[dict]]:
         if name in int4 and e["encoding"] == "bitmask":  # a packed odd count ends in one padding nibble (8)
             nonzeros = min(nonzeros, counts[f"{name}/bitmask"])
         rows.append({"name": name, "shape": e["shape"], "encoding": e["encoding"], "pattern": e.get("pattern"),
-                     "quant": e.get("quant"), "numel": _numel(e["shape"]), "nonzeros": int(nonzeros)})
+                     "quant": e.get("quant"), "numel": numel(e["shape"]), "nonzeros": int(nonzeros)})
     return header, rows

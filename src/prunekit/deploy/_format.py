@@ -4,14 +4,16 @@ A file is a safetensors blob (optionally wrapped in xz). Its layout is 8 bytes o
 the safetensors JSON header (each stored tensor's dtype, shape and byte range, plus
 ``__metadata__``), then the tensor bytes. Before any tensor byte is read:
 
-* the safetensors header is parsed here (length capped, JSON types checked, byte ranges inside
-  the file and contiguous);
+* the safetensors header is parsed by ``_container`` (length capped, JSON types checked, byte ranges
+  inside the file and contiguous);
 * the prunekit header in ``__metadata__["prunekit"]`` is checked entry by entry against the stored
   tensors (encoding, dtype, shape, bitmask and packed-int4 lengths, scales, aliases), so a crafted
   or damaged file gives one ``ValueError`` that says what is wrong;
 * an xz file is decompressed only as far as its header says the data reaches, and never beyond the
-  byte budget the caller allows (what the model it loads into could need), so a small file cannot
-  make the loader allocate gigabytes.
+  byte budget the caller allows (``load`` first checks names and shapes against the model, so the
+  budget is what that model can hold), so a small file cannot make the loader allocate gigabytes;
+  ``scan_file`` (``prunekit report``) streams instead;
+* the CRC-32 of the tensor bytes, where the file has one, must match.
 
 Files written by ``prunekit.structured.save`` before files were unified (format
 ``prunekit-structured/1``: a plain state dict plus module sizes) read as dense prunekit files with

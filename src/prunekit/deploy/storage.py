@@ -7,7 +7,8 @@ Layout of a ``prunekit.sparse.v1`` file (plain safetensors; any safetensors read
   and ``"<name>/values"`` (the kept values in flattened order, original dtype);
 * the header metadata ``"prunekit"`` is JSON: format, per-tensor shape/dtype/encoding, whether the
   bitmask is a pruning mask (re-attached on load) or just where the nonzeros are, the mask pattern,
-  and tied names.
+  tied names, the CRC-32 of the tensor bytes, and for a structurally pruned model its module sizes
+  (``"structured"``), which :func:`load` resizes a fresh instance to.
 
 Masked weights always use the bitmask (so a kept weight that happens to be 0.0 stays kept); other
 floating tensors use it when that is smaller than dense (density below ~97%). At 90% unstructured
@@ -19,7 +20,8 @@ with one symmetric scale per output row (``"<name>/scale"``; zeros stay exactly 
 ``compress="lzma"`` wraps the whole safetensors file in xz (then it is no longer plain safetensors;
 ``load`` unwraps it).
 
-Loading reads only tensors and JSON; nothing is unpickled.
+Loading reads only tensors and JSON; nothing is unpickled. Every header entry is validated before
+any data is read (``deploy/_format.py``), and writes are atomic (``prunekit/_io.py``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ updates the attributes ``forward`` reads (``in_features``, ``out_channels``, ``g
 ``num_features``, ``normalized_shape``, ``num_heads``...). It then runs the model on the example
 inputs in eval and train mode; if the rebuilt model fails where a module's own code hard-codes a
 width, the groups inside modules of that class are kept and it tries again, and if it still fails
-the model is restored and the error names the module.
+the model is restored and the error names the module. Scoring and planning live in
+:mod:`~prunekit.structured.plan`, slicing the tensors in :mod:`~prunekit.structured.slicing`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_flatten
 
-from prunekit.structured.attention import shrink_heads
 from prunekit.structured.groups import Group, _selected, build_groups
 from prunekit.structured.macs import Counter, count_macs_params
+from prunekit.structured.plan import CRITERIA, plan
+from prunekit.structured.slicing import Backup, apply
 from prunekit.structured.trace import _flat_inputs, preserved, trace
 
 __all__ = ["prune_channels", "StructuredReport", "CRITERIA"]
-
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
-HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_heads", "n_head", "all_head_size",
-              "num_kv_heads", "inner_dim")
 
 
 @dataclass
@@ -72,228 +70,6 @@ class StructuredReport:
         for why in self.kept_by_module:
             lines.append(f"  kept: {why}")
         return "\n".join(lines)
-
-
-# -- scoring ---------------------------------------------------------------------------------------
-
-
-def _per_index(t: torch.Tensor, dim: int, how: str) -> torch.Tensor:
-    x = t.detach().float().movedim(dim, 0).reshape(t.shape[dim], -1)
-    return x.abs().sum(1) if how == "l1" else x.pow(2).sum(1)
-
-
-def _scores(model: nn.Module, g: Group, criterion, generator: torch.Generator) -> torch.Tensor:
-    params = dict(model.named_parameters())
-    n = len(g)
-    if callable(criterion):
-        out = torch.as_tensor(criterion(model, g), dtype=torch.float64).reshape(-1)
-        if out.numel() != n:
-            raise ValueError(f"criterion returned {out.numel()} scores for a group of {n} units; return one per unit")
-        return out
-    if criterion == "random":
-        return torch.rand(n, generator=generator, dtype=torch.float64)
-    members = [(f, d) for f, d in g.members if f in params]
-    if criterion == "bn_scale":
-        norms = [(f, d) for f, d in members if f.endswith("weight") and isinstance(_owner(model, f), nn.modules.batchnorm._NormBase)]
-        members = norms or members
-    total = torch.zeros(n, dtype=torch.float64)
-    for fqn, dim in members:
-        p = params[fqn]
-        if criterion == "taylor":
-            if p.grad is None:
-                raise ValueError(f"criterion='taylor' needs gradients on {fqn}: run loss.backward() on a batch "
-                                 "before prune_channels (or use criterion='l2')")
-            per = (p.detach() * p.grad).abs().float().movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
-            per_unit = per[torch.as_tensor(g.index[(fqn, dim)])].sum(1)
-        elif criterion == "fpgm":
-            if p.dim() < 2:
-                continue
-            idx = torch.as_tensor(g.index[(fqn, dim)])
-            vecs = p.detach().float().movedim(dim, 0)[idx].reshape(len(idx), -1)
-            per_unit = torch.cdist(vecs, vecs).sum(1)
-        else:
-            how = "l1" if criterion in ("l1", "bn_scale") else "l2"
-            per = _per_index(p, dim, how)
-            per_unit = per[torch.as_tensor(g.index[(fqn, dim)])].sum(1)
-            if how == "l2":
-                per_unit = per_unit.sqrt()
-        per_unit = per_unit.double()
-        total += per_unit / per_unit.mean().clamp_min(1e-12)
-    return total
-
-
-def _owner(model: nn.Module, fqn: str) -> nn.Module:
-    parent = fqn.rpartition(".")[0]
-    return model.get_submodule(parent) if parent else model
-
-
-# -- planning --------------------------------------------------------------------------------------
-
-
-def _step(g: Group, round_to: int | None) -> int:
-    if not round_to:
-        return 1
-    return round_to // math.gcd(round_to, g.width)
-
-
-def _keep_count(n: int, target_keep: float, step: int, min_keep: int) -> int:
-    if n < step:
-        return n
-    keep = max(step, int(round(target_keep / step)) * step)
-    while keep < min_keep:
-        keep += step
-    return min(n, keep)
-
-
-def plan(model, groups: list[Group], ratio: float, scope: str, criterion, round_to, max_ratio, seed=0):
-    """Units to remove per prunable group: ``[(group, removed unit positions)]``."""
-    gen = torch.Generator().manual_seed(seed)
-    live = [g for g in groups if g.prunable]
-    scores = [_scores(model, g, criterion, gen) for g in live]
-    out = []
-    if scope == "global" and live:
-        flat = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
-        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
-        order = torch.argsort(flat, stable=True)[: int(round(ratio * len(flat)))]
-        removed = torch.bincount(owner[order], minlength=len(live))
-        targets = [len(g) - int(r) for g, r in zip(live, removed)]
-    else:
-        targets = [len(g) * (1 - ratio) for g in live]
-    for g, s, target in zip(live, scores, targets):
-        n = len(g)
-        keep = _keep_count(n, target, _step(g, round_to), math.ceil(n * (1 - max_ratio)))
-        if keep < n:
-            out.append((g, torch.argsort(s, stable=True)[: n - keep].tolist()))
-    return out
-
-
-# -- applying --------------------------------------------------------------------------------------
-
-
-class _Backup:
-    """Everything a rebuild changes, to put back on failure."""
-
-    def __init__(self):
-        self.items = []
-
-    def attr(self, obj, name):
-        self.items.append(("attr", obj, name, getattr(obj, name)))
-
-    def restore(self):
-        for kind, obj, name, value in reversed(self.items):
-            if kind == "attr":
-                if name in getattr(obj, "_parameters", {}):
-                    obj._parameters[name] = value
-                elif name in getattr(obj, "_buffers", {}):
-                    obj._buffers[name] = value
-                else:
-                    object.__setattr__(obj, name, value)
-
-
-def _holders(model: nn.Module):
-    """(module, attr name, is_param) for every parameter/buffer slot, shared ones included."""
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for n, p in m._parameters.items():
-            if p is not None:
-                yield (f"{mname}.{n}" if mname else n), m, n, True
-        for n, b in m._buffers.items():
-            if b is not None:
-                yield (f"{mname}.{n}" if mname else n), m, n, False
-
-
-def apply(model: nn.Module, chosen, convs: dict, backup: _Backup) -> list:
-    removed: dict[tuple[str, int], set] = {}
-    for g, units in chosen:
-        for key, idx in g.index.items():
-            removed.setdefault(key, set()).update(idx[units].reshape(-1).tolist())
-    tensors = {}
-    for fqn, m, n, is_param in _holders(model):
-        tensors.setdefault(id(m._parameters[n] if is_param else m._buffers[n]), []).append((fqn, m, n, is_param))
-    by_name = {fqn: obj_id for obj_id, holders in tensors.items() for fqn, *_ in holders}
-    per_tensor: dict[int, dict[int, set]] = {}
-    for (fqn, dim), idx in removed.items():
-        per_tensor.setdefault(by_name[fqn], {}).setdefault(dim, set()).update(idx)
-    changes = []
-    old_shapes = {}
-    for obj_id, dims in per_tensor.items():
-        holders = tensors[obj_id]
-        fqn, m, n, is_param = holders[0]
-        old = m._parameters[n] if is_param else m._buffers[n]
-        new = old.detach()
-        for dim, idx in sorted(dims.items()):
-            keep = torch.tensor(sorted(set(range(new.shape[dim])) - idx), dtype=torch.long)
-            new = new.index_select(dim, keep)
-        new = new.clone()
-        if is_param:
-            new = nn.Parameter(new, requires_grad=old.requires_grad)
-        for _, hm, hn, hp in holders:
-            backup.attr(hm, hn)
-            (hm._parameters if hp else hm._buffers)[hn] = new
-        changes.append((fqn, tuple(old.shape), tuple(new.shape)))
-        old_shapes[fqn] = tuple(old.shape)
-    _update_attributes(model, convs, chosen, old_shapes, backup)
-    return changes
-
-
-def _set(backup, obj, name, value):
-    backup.attr(obj, name)
-    object.__setattr__(obj, name, value)
-
-
-def _update_attributes(model, convs, chosen, old_shapes, backup) -> None:
-    for mname, m in model.named_modules():
-        prefix = f"{mname}." if mname else ""
-        w = getattr(m, "weight", None) if isinstance(getattr(m, "weight", None), torch.Tensor) else None
-        if isinstance(m, nn.Linear) and w is not None:
-            _set(backup, m, "in_features", w.shape[1])
-            _set(backup, m, "out_features", w.shape[0])
-        elif isinstance(m, nn.modules.conv._ConvNd) and w is not None:
-            info = convs.get(prefix + "weight", {})
-            old = old_shapes.get(prefix + "weight")
-            if info.get("depthwise") and old is not None:
-                per_group = old[0] // m.groups
-                _set(backup, m, "groups", w.shape[0] // per_group)
-            if m.transposed:
-                _set(backup, m, "in_channels", w.shape[0])
-                _set(backup, m, "out_channels", w.shape[1] * m.groups)
-            else:
-                _set(backup, m, "in_channels", w.shape[1] * m.groups)
-                _set(backup, m, "out_channels", w.shape[0])
-        elif isinstance(m, nn.modules.batchnorm._NormBase):
-            ref = w if w is not None else getattr(m, "running_mean", None)
-            if ref is not None:
-                _set(backup, m, "num_features", ref.shape[0])
-        elif isinstance(m, nn.LayerNorm) and w is not None:
-            _set(backup, m, "normalized_shape", (w.shape[0],))
-        elif isinstance(m, nn.GroupNorm) and w is not None:
-            _set(backup, m, "num_channels", w.shape[0])
-        elif isinstance(m, nn.Embedding):
-            _set(backup, m, "embedding_dim", m.weight.shape[1])
-        elif isinstance(m, nn.PReLU):
-            _set(backup, m, "num_parameters", m.weight.numel())
-        elif isinstance(m, nn.MultiheadAttention) and (prefix + "in_proj_weight") in old_shapes:
-            heads = m.in_proj_weight.shape[0] // (3 * m.head_dim)
-            if heads != m.num_heads:
-                backup.attr(m, "__class__")
-                _set(backup, m, "num_heads", m.num_heads)
-                shrink_heads(m, heads)
-    # head counts that Hugging Face style attention modules keep as attributes
-    done = set()
-    for g, units in chosen:
-        if g.kind != "heads":
-            continue
-        frac = (len(g) - len(units)) / len(g)
-        for fqn, _ in g.members:
-            parent = fqn.rpartition(".")[0].rpartition(".")[0]
-            m = model.get_submodule(parent) if parent else model
-            if id(m) in done:
-                continue
-            done.add(id(m))
-            for a in HEAD_ATTRS:
-                v = getattr(m, a, None)
-                if isinstance(v, int) and not isinstance(v, bool) and isinstance(m, nn.Module) \
-                        and not isinstance(m, nn.MultiheadAttention) and float(v * frac).is_integer():
-                    _set(backup, m, a, int(v * frac))
 
 
 # -- checking --------------------------------------------------------------------------------------
@@ -472,7 +248,7 @@ def _prune(model, example_inputs, found, t, ratio, criterion, scope, round_to, m
     kept_by_module = []
     for attempt in range(6):
         chosen = plan(model, found, ratio, scope, criterion, round_to, max_ratio, seed)
-        backup = _Backup()
+        backup = Backup()
         layers = apply(model, chosen, t.convs, backup)
         if counter is not None:
             counter.macs = 0
@@ -511,7 +287,7 @@ def _search(model, example_inputs, found, t, criterion, scope, round_to, max_rat
         mid = (lo + hi) / 2
         trial = copy.deepcopy(model)
         chosen = plan(trial, found, mid, scope, criterion, round_to, max_ratio, seed)
-        apply(trial, chosen, t.convs, _Backup())
+        apply(trial, chosen, t.convs, Backup())
         try:
             got = measure(trial)
         except Exception:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from prunekit.structured.attention import HeadPrunedMultiheadAttention
-from prunekit.structured.rebuild import HEAD_ATTRS
+from prunekit.structured.slicing import HEAD_ATTRS
 
 __all__ = ["save", "load", "size_attrs", "resize_"]
 

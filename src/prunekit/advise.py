@@ -56,35 +56,31 @@ def _fits(pattern: str):
         and mod.weight.shape[0] % rows == 0
 
 
-def _starved(model: nn.Module, sparsity: float) -> list[str]:
-    """Modules that global ranking left with under a tenth of the asked density (heads, often)."""
-    import prunekit as pk
-
-    return [name.rsplit(".", 1)[0] for name, keep in pk.masks(model).items()
-            if keep.numel() > 1 and float(keep.sum()) / keep.numel() < (1 - sparsity) / 10]
-
-
 def _masked(sparsity: float, pattern: str, int8: bool = False):
     def build(model, example, threads):
         import prunekit as pk
         from prunekit.deploy import sparse_runtime
 
+        from prunekit.pruning import too_thin
+
         scope = "global" if pattern == "unstructured" else "layer"
         note = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # what the warnings say is acted on below
-            if scope == "global":  # global ranking can empty a layer whose weights are all small (a head)
+            if scope == "layer":
+                pk.prune(model, sparsity, pattern=pattern, scope=scope, include=_fits(pattern))
+            else:  # global ranking can empty a layer whose weights are all small (a head): try it on a copy
                 trial = copy.deepcopy(model)
                 pk.prune(trial, sparsity, pattern=pattern, scope=scope, include=_fits(pattern))
-                starved = _starved(trial, sparsity)
-                del trial
-                if starved:
+                found = pk.masks(trial)
+                starved = [name.rsplit(".", 1)[0] for name, keep in found.items() if too_thin(keep, sparsity)]
+                if not starved:
+                    pk.apply_masks(model, found, pattern=pattern)  # the trial's masks, not a second ranking
+                else:
                     amount = {"*": sparsity, **{name: sparsity for name in starved}}
                     note = (f"{', '.join(starved[:3])} pruned to {sparsity:.0%} on {'its' if len(starved) == 1 else 'their'} "
                             "own: global ranking left under a tenth of the asked density there")
                     pk.prune(model, amount, pattern=pattern, scope=scope, include=_fits(pattern))
-            if not pk.masks(model):
-                pk.prune(model, sparsity, pattern=pattern, scope=scope, include=_fits(pattern))
         pk.finalize(model)
         return sparse_runtime(model, example, threads=threads, int8=int8), model, "int8" if int8 else "masks", note
 

@@ -28,7 +28,7 @@ from prunekit.patterns import NM, Pattern, get_pattern
 from prunekit.report import SparsityReport, sparsity_report
 from prunekit.targets import Selector, Target, find_targets, matches
 
-__all__ = ["prune", "Sparsity"]
+__all__ = ["prune", "Sparsity", "too_thin"]
 
 Sparsity = Union[float, Mapping[str, float], None]
 SCOPES = ("global", "layer")
@@ -255,6 +255,12 @@ def prune(
     return sparsity_report(model)
 
 
+def too_thin(keep: torch.Tensor, sparsity: float) -> bool:
+    """Whether a mask keeps under a tenth of the density ``sparsity`` asks for (emptied included):
+    what global ranking does to a layer whose weights are all small, a head often."""
+    return keep.numel() > 1 and float(keep.sum()) / keep.numel() < (1 - sparsity) / 10
+
+
 def _warn_starved(plan: list[tuple[float, list[Target]]], new_masks: list[tuple[Target, torch.Tensor]]) -> None:
     """Warn about layers that global ranking emptied, or left with under a tenth of the density asked."""
     asked = {id(t): s for s, ts in plan if len(ts) > 1 for t in ts}
@@ -262,11 +268,10 @@ def _warn_starved(plan: list[tuple[float, list[Target]]], new_masks: list[tuple[
     for t, keep in new_masks:
         if keep.numel() <= 1:
             continue
-        density = float(keep.sum()) / keep.numel()
-        if density == 0:
+        if not bool(keep.any()):
             emptied.append(t.fqn)
-        elif id(t) in asked and density < (1 - asked[id(t)]) / 10:
-            starved.append(f"{t.fqn} ({1 - density:.2%} zeros)")
+        elif id(t) in asked and too_thin(keep, asked[id(t)]):
+            starved.append(f"{t.fqn} ({1 - float(keep.sum()) / keep.numel():.2%} zeros)")
     if emptied:
         warnings.warn(
             f"pruning removed every weight of {emptied[:5]}: their layers now output only their bias. "

@@ -37,3 +37,25 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# API reference from the docstrings: `make docs`, then open docs/api/index.html (gitignored).
+# A listed module that cannot be imported fails the build. Silenced: pdoc's notice that a listed
+# module was already pulled in through prunekit's __all__, and its false alarm on annotations of
+# typing.NamedTuple fields under `from __future__ import annotations` (mitmproxy/pdoc#765).
+DOCS_MODULES := prunekit prunekit.inputs prunekit.criteria prunekit.patterns prunekit.schedules \
+	prunekit.recipes prunekit.structured prunekit.deploy prunekit.bench prunekit.advise \
+	prunekit.report prunekit.htmlreport
+DOCS_STAMP := $(VENV)/.docs-installed
+
+.PHONY: docs
+
+$(DOCS_STAMP): $(STAMP) requirements/docs.txt
+	$(BIN)/pip install -q -r requirements/docs.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/api
+	$(BIN)/python -W "error:Couldn't import" -W "error:Cannot find spec" \
+		-W "ignore:The module specification" -W "ignore:Error parsing type annotation ForwardRef(" \
+		-m pdoc --docformat google -t docs/pdoc-template -o docs/api $(DOCS_MODULES)
+	@echo "API reference: docs/api/index.html"

@@ -246,7 +246,7 @@ def test_taylor_from_data_matches_w_times_grad_and_leaves_grads_and_bn_alone(x):
     model = Net()
     y = torch.tensor([1, 3])
     loss_fn = nn.CrossEntropyLoss()
-    data = [(x, y), (x * 0.5, y)]
+    data = [pk.inputs.Labeled(x, y), pk.inputs.Labeled(x * 0.5, y)]
     ref = Net()
     ref.load_state_dict(model.state_dict())
     ref.eval()

@@ -119,7 +119,7 @@ def example_inputs(args, default, model=None):
     """The example inputs from ``--input`` (or the model's default); checked by running ``model`` once."""
     import torch
 
-    from prunekit.bench import _call
+    from prunekit.inputs import call
 
     specs = [parse_input(s) for s in args.input]
     if not specs:
@@ -131,7 +131,7 @@ def example_inputs(args, default, model=None):
     if model is not None:
         try:
             with torch.no_grad():
-                _call(model, inputs)
+                call(model, inputs)
         except Exception as e:
             given = " ".join(f"--input {s}" for s in args.input) or "the default input"
             raise UserError(f"the model does not run on {given}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

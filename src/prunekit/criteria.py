@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Union
 import torch
 from torch import nn
 
-from prunekit._data import InputStats, eval_mode, forward_batch, run_loss
+from prunekit._stats import InputStats
+from prunekit.inputs import forward, loss as batch_loss, modes
 
 __all__ = [
     "Criterion",
@@ -155,9 +156,9 @@ class Taylor(Criterion):
         params = [t.param for t in targets]
         sums = [torch.zeros_like(p) for p in params]
         n = 0
-        with eval_mode(model), torch.enable_grad():
+        with modes(model), torch.enable_grad():
             for i, batch in enumerate(data):
-                loss = _batch(run_loss, model, batch, loss_fn, i=i)
+                loss = _batch(batch_loss, model, batch, loss_fn, i=i)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for s, g in zip(sums, grads):
                     if g is not None:
@@ -209,9 +210,9 @@ class Wanda(Criterion):
         stats = {id(t.module): InputStats(t.module) for t in targets}
         n = 0
         try:
-            with eval_mode(model), torch.no_grad():
+            with modes(model), torch.no_grad():
                 for i, batch in enumerate(data):
-                    _batch(forward_batch, model, batch, i=i)
+                    _batch(forward, model, batch, i=i)
                     n += 1
         finally:
             for st in stats.values():

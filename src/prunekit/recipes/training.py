@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from prunekit._data import run_loss
+from prunekit.inputs import Labeled, loss as batch_loss
 
 __all__ = ["sgd_cosine"]
 
@@ -25,7 +25,9 @@ def sgd_cosine(
     """Make a ``train_fn(model, max_steps=None)`` for the recipes.
 
     Each call builds a fresh SGD optimizer and cosine schedule over ``epochs`` passes of ``loader``
-    (batches as in ``prunekit.prune``'s ``data``) and trains the model in place; masks hold.
+    and trains the model in place; masks hold. ``loader`` yields ``(inputs, target)`` pairs, as a
+    ``DataLoader`` does (a supervised loop: a pair is always inputs and target here), or any batch of
+    :mod:`prunekit.inputs` (:class:`~prunekit.inputs.Labeled`, dicts with Hugging Face ``labels``).
     ``max_steps`` stops early (used by late rewinding); ``on_step(step)`` runs after each step.
 
     Example:
@@ -48,7 +50,9 @@ def sgd_cosine(
                 if max_steps is not None and step >= max_steps:
                     model.eval()
                     return
-                loss = run_loss(model, batch, loss_fn)
+                if isinstance(batch, (tuple, list)) and not isinstance(batch, Labeled) and len(batch) == 2:
+                    batch = Labeled(*batch)
+                loss = batch_loss(model, batch, loss_fn)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -26,7 +26,7 @@ from sparse_runtime import cpu_name  # noqa: E402
 import prunekit as pk  # noqa: E402
 from prunekit.deploy import SparseConv2d, SparseLinear, SparseLinearInt8  # noqa: E402
 from prunekit.deploy.kernels import load  # noqa: E402
-from prunekit.deploy.runtime import _dynamic_int8  # noqa: E402
+from prunekit.deploy.runtime import dynamic_int8  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -56,7 +56,7 @@ def main() -> None:
             lin = nn.Linear(in_f, out_f)
             pk.prune(lin, 0.9, pattern=pattern)
             pk.finalize(lin)
-            fns = {"dense": lin, "sparse portable": SparseLinear(lin, portable), "int8 dense (fbgemm)": _dynamic_int8(lin)}
+            fns = {"dense": lin, "sparse portable": SparseLinear(lin, portable), "int8 dense (fbgemm)": dynamic_int8(lin)}
             if native.isa() == "avx512":
                 fns["sparse avx512"] = SparseLinear(lin, native)
             if native.has_vnni():

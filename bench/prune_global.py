@@ -101,7 +101,7 @@ def part_b(rounds: int) -> dict:
         [(m, "weight") for m in tp.modules() if isinstance(m, nn.Linear)], pruning_method=torch_prune.L1Unstructured, amount=SPARSITY
     )
     x = torch.randn(1, 128, 768)
-    result = compare({"finalized": final, "prunekit masked": masked, "torch.prune masked": tp}, x, rounds=rounds, threads=2)
+    result = compare({"finalized": final, "prunekit masked": masked, "torch.prune masked": tp}, x, repeats=rounds, threads=2)
     return result.to_dict()
 
 

@@ -72,7 +72,7 @@ def main() -> None:
     trainer(xtr, ytr, 20, "sgd", 0.05, 128)(dense)
     sparse = copy.deepcopy(dense)
     iterative_pruning(sparse, trainer(xtr, ytr, 3, "sgd", 0.01, 128, seed=100), lambda m: accuracy(m, xte, yte),
-                      target=0.92, rounds=8, progress=False)
+                      sparsity=0.92, rounds=8, progress=False)
     pk.finalize(sparse)
     out = tempfile.mkdtemp(prefix="prunekit-sizes-")
     rows = []

@@ -1,7 +1,7 @@
 """Sparse CPU runtime on the real all-MiniLM-L6-v2: dense PyTorch / ONNX Runtime vs prunekit's kernels.
 
 Global magnitude pruning of the encoder's Linear weights (80%, 90%, 95%; 1x4 blocks at 90%),
-finalized, then ``prunekit.deploy.sparse_runtime``. All variants run interleaved in one process
+finalized, then ``prunekit.deploy.to_sparse_runtime``. All variants run interleaved in one process
 (``prunekit.compare``: rotating order, warm-up before each timed block, medians), batch 1 x 128
 tokens and 2 threads, plus batch 8 and 1 thread for the 90% model. Every runtime output is checked
 against the same pruned weights run by PyTorch. Also: this machine's dense GEMM GFLOP/s and copy
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oneshot import load_minilm  # noqa: E402
 
 import prunekit as pk  # noqa: E402
-from prunekit.deploy import export_onnx, sparse_runtime  # noqa: E402
+from prunekit.deploy import export_onnx, to_sparse_runtime  # noqa: E402
 from prunekit.deploy.kernels import load as load_kernels  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -124,10 +124,10 @@ def deepsparse_peer(models: dict, x1, tmp: str) -> dict | None:
         return json.load(f)
 
 
-def kernel_rates(fast, pruned_model, tokens: int) -> dict:
+def kernel_rates(report, pruned_model, tokens: int) -> dict:
     """Useful work per second of the sparse layers, each timed alone by the runtime (its report)."""
     flops, seconds = 0.0, 0.0
-    for r in fast.runtime_report.rows:
+    for r in report.rows:
         if r["sparse"]:
             nnz = int(torch.count_nonzero(pruned_model.get_submodule(r["name"]).weight))
             flops += 2 * nnz * tokens
@@ -148,15 +148,15 @@ def resnet50_section(tmp: str) -> dict:
         model = copy.deepcopy(dense)
         pk.prune(model, 0.9, exclude="fc")  # random-init fc weights are small: global magnitude would empty it
         pk.finalize(model)
-    fast = sparse_runtime(model, x, threads=2)
+    fast, report = to_sparse_runtime(model, x, threads=2)
     with torch.no_grad():
         ref = model(x)
         err = float((fast(x) - ref).abs().max() / ref.abs().max())
     result = pk.compare({"dense PyTorch fp32": dense, "dense ONNX Runtime fp32": ort_path,
-                         "90% sparse, prunekit runtime": fast}, x, rounds=9, threads=2)
+                         "90% sparse, prunekit runtime": fast}, x, repeats=9, threads=2)
     print(result, flush=True)
-    rows = fast.runtime_report.rows
-    return {"result": result, "rel_err": err, "fraction_sparse": fast.runtime_report.fraction_sparse,
+    rows = report.rows
+    return {"result": result, "rel_err": err, "fraction_sparse": report.fraction_sparse,
             "sparse_layers": sum(r["sparse"] for r in rows), "layers": len(rows)}
 
 
@@ -179,9 +179,11 @@ def main() -> None:
         warnings.simplefilter("ignore")
         ort_sparse = export_onnx(models[0.9], x1, os.path.join(tmp, "sparse90.onnx"),
                                  input_names=["input_ids", "attention_mask"]).path
-    fast = {k: sparse_runtime(m, x1, threads=2) for k, m in models.items()}
-    fast["int8@0.9"] = sparse_runtime(models[0.9], x1, threads=2, int8=True)
-    fast["int8 1x4@0.9"] = sparse_runtime(models["1x4@0.9"], x1, threads=2, int8=True)
+    built = {k: to_sparse_runtime(m, x1, threads=2) for k, m in models.items()}
+    built["int8@0.9"] = to_sparse_runtime(models[0.9], x1, threads=2, int8=True)
+    built["int8 1x4@0.9"] = to_sparse_runtime(models["1x4@0.9"], x1, threads=2, int8=True)
+    fast = {k: b.model for k, b in built.items()}
+    reports = {k: b.report for k, b in built.items()}
     source = {**models, "int8@0.9": models[0.9], "int8 1x4@0.9": models["1x4@0.9"]}  # the fp32 weights of each
     errors, cosines = {}, {}
     with torch.no_grad():
@@ -209,22 +211,22 @@ def main() -> None:
     for i in range(3):
         if i:
             time.sleep(20)
-        repeats.append(pk.compare(variants, x1, rounds=15, threads=2))
+        repeats.append(pk.compare(variants, x1, repeats=15, threads=2))
         print(repeats[-1], flush=True)
     b1 = min(repeats, key=lambda r: r["dense PyTorch fp32"].median)
     b8 = pk.compare({"dense PyTorch fp32": dense, "dense ONNX Runtime fp32": ort_fp32,
                      "90% sparse, prunekit runtime": fast[0.9],
-                     "90% 1x4 blocks, runtime with int8 allowed": fast["int8 1x4@0.9"]}, x8, rounds=7, threads=2)
+                     "90% 1x4 blocks, runtime with int8 allowed": fast["int8 1x4@0.9"]}, x8, repeats=7, threads=2)
     t1 = pk.compare({"dense PyTorch fp32": dense, "dense ONNX Runtime fp32": ort_fp32,
-                     "90% sparse, prunekit runtime (measured at 2 threads)": fast[0.9]}, x1, rounds=9, threads=1)
+                     "90% sparse, prunekit runtime (measured at 2 threads)": fast[0.9]}, x1, repeats=9, threads=1)
     limits = machine_limits()
     costs = {str(k): layer_costs(m, 128) for k, m in models.items()}
-    rates = {str(k): kernel_rates(fast[k], source[k], 128) for k in fast}
+    rates = {str(k): kernel_rates(reports[k], source[k], 128) for k in fast}
     peer = deepsparse_peer({"dense": dense, "90%": models[0.9], "95%": models[0.95]}, x1, tmp)
-    choices = {str(k): [r["choice"] for r in fast[k].runtime_report.rows] for k in fast}
+    choices = {str(k): [r["choice"] for r in reports[k].rows] for k in fast}
     resnet = resnet50_section(tmp)
     write({"b1": b1, "repeats": repeats, "b8": b8, "t1": t1, "errors": errors, "cosines": cosines, "limits": limits, "costs": costs,
-           "rates": rates, "fractions": {str(k): fast[k].runtime_report.fraction_sparse for k in fast}, "peer": peer,
+           "rates": rates, "fractions": {str(k): reports[k].fraction_sparse for k in fast}, "peer": peer,
            "choices": choices, "resnet": resnet})
 
 

@@ -103,7 +103,7 @@ def main() -> None:
         for ratio in RATIOS:
             ours = copy.deepcopy(dense)
             t0 = time.perf_counter()
-            report = pk.structured.prune_channels(ours, example, ratio=ratio, round_to=round_to)
+            report = pk.structured.prune_channels(ours, example, sparsity=ratio, round_to=round_to)
             seconds = time.perf_counter() - t0
             ours.eval()
             macs, params = pk.count_macs_params(ours, example)
@@ -127,7 +127,7 @@ def main() -> None:
                 variants[f"Torch-Pruning {ratio} ONNX Runtime"] = onnx_path(theirs, example, tmp, f"tp{ratio}")
             except Exception as e:
                 info[("Torch-Pruning", ratio)]["onnx_error"] = str(e)[:120]
-        result = pk.compare(variants, example, rounds=9, threads=2)
+        result = pk.compare(variants, example, repeats=9, threads=2)
         print(name, result, flush=True)
         med = {r.name: r.median for r in result.rows}
         for (tool, ratio), d in info.items():

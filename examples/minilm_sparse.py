@@ -8,7 +8,7 @@ The recipe, on the real pretrained all-MiniLM-L6-v2 loaded offline:
    :class:`prunekit.Pruner` and a cubic polynomial-decay schedule, while distilling from the dense
    model: loss = 4 x (1 - cosine) between pruned and dense sentence embeddings + the MSE between their
    hidden states after every layer (each scaled by the dense layer's variance), AdamW;
-3. finalize, ``prunekit.deploy.sparse_runtime``, and one interleaved timing run against dense
+3. finalize, ``prunekit.deploy.to_sparse_runtime``, and one interleaved timing run against dense
    PyTorch and dense ONNX Runtime at batch 1 x 128 and 8 x 128 tokens, 2 threads.
 
 Corpus (offline, nothing downloaded): training sentences are prose from the docstrings of installed
@@ -44,7 +44,7 @@ from oneshot import fidelity, load_minilm  # noqa: E402
 from sparse_runtime import TEXT, Encoder  # noqa: E402
 
 import prunekit as pk  # noqa: E402
-from prunekit.deploy import export_onnx, sparse_runtime  # noqa: E402
+from prunekit.deploy import export_onnx, to_sparse_runtime  # noqa: E402
 
 ENCODER = "encoder.*"  # the encoder's Linear layers; embeddings and pooler stay dense
 VARIANTS = {"90%": ("unstructured", 0.9), "80%": ("unstructured", 0.8), "2:4": ("2:4", 0.5),
@@ -186,11 +186,11 @@ def time_variants(teacher, tok, models, tmp, args) -> dict:
     variants = {"dense PyTorch fp32": dense, "dense ONNX Runtime fp32": ort}
     errors, fractions = {}, {}
     for name, model in models.items():
-        fast = sparse_runtime(Encoder(model).eval(), x1, threads=args.threads)
+        fast, report = to_sparse_runtime(Encoder(model).eval(), x1, threads=args.threads)
         with torch.no_grad():
             ref = Encoder(model)(*x1)
             errors[name] = float((fast(*x1) - ref).abs().max() / ref.abs().max())
-        fractions[name] = fast.runtime_report.fraction_sparse
+        fractions[name] = report.fraction_sparse
         variants[f"{name}, prunekit runtime"] = fast
     # Shared machines alternate quiet and contended spells, which slow the cache-bound sparse kernels
     # more than dense GEMM: time each batch size in a few repeats and keep the least contended one
@@ -202,7 +202,7 @@ def time_variants(teacher, tok, models, tmp, args) -> dict:
         for i in range(repeats):
             if i:
                 time.sleep(10)
-            runs.append(pk.compare(variants, x, rounds=rounds, threads=args.threads))
+            runs.append(pk.compare(variants, x, repeats=rounds, threads=args.threads))
             print(runs[-1], flush=True)
         timed[key] = min(runs, key=lambda r: r["dense PyTorch fp32"].median).to_dict()
         timed[f"{key}_repeats"] = [r.to_dict() for r in runs]

@@ -23,7 +23,7 @@ def pick(*names):
 def test_measures_each_candidate_and_leaves_the_model_alone():
     model = mlp()
     before = snapshot(model)
-    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, rounds=3, progress=False,
+    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, repeats=3, progress=False,
                        candidates=pick("structured 50%", "unstructured 90% + sparse runtime", "int8 dynamic (dense)"))
     assert_unchanged(model, before)
     assert sorted(r["name"] for r in advice.rows) == ["int8 dynamic (dense)", "structured 50%",
@@ -40,7 +40,7 @@ def test_measures_each_candidate_and_leaves_the_model_alone():
 
 
 def test_pareto_flags_are_consistent():
-    advice = pk.advise(mlp(), torch.randn(4, 64), budget_s=600, threads=1, rounds=3, progress=False,
+    advice = pk.advise(mlp(), torch.randn(4, 64), budget_s=600, threads=1, repeats=3, progress=False,
                        candidates=pick("structured 30%", "structured 50%", "unstructured 70% + sparse runtime"))
     ok = advice.rows
     for r in ok:
@@ -59,7 +59,7 @@ def test_eval_fn_is_the_quality():
         with torch.no_grad():
             return float((m(x).argmax(1) == y).float().mean())
 
-    advice = pk.advise(mlp(), x[:1], eval_fn=accuracy, budget_s=600, threads=1, rounds=3, progress=False,
+    advice = pk.advise(mlp(), x[:1], eval_fn=accuracy, budget_s=600, threads=1, repeats=3, progress=False,
                        candidates=pick("structured 30%"))
     assert advice.quality_kind == "eval_fn" and len(calls) == 2
     assert advice.rows[0]["quality"] == accuracy(calls[1])
@@ -67,7 +67,7 @@ def test_eval_fn_is_the_quality():
 
 def test_budget_stops_new_candidates():
     slow = Candidate("slow", "sleep", 0.0, lambda m, x, t: (__import__("time").sleep(0.3) or m, m, "masks"))
-    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.5, threads=1, rounds=2, progress=False,
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.5, threads=1, repeats=2, progress=False,
                        candidates=[slow, slow, slow, slow])
     assert len(advice.rows) < 4 and advice.skipped
 
@@ -76,7 +76,7 @@ def test_a_candidate_that_fails_is_reported_not_raised():
     def broken(model, x, threads):
         raise RuntimeError("does not apply")
 
-    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=60, threads=1, rounds=2, progress=False,
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=60, threads=1, repeats=2, progress=False,
                        candidates=[Candidate("broken", "x", 0.5, broken)])
     assert "does not apply" in advice.rows[0]["error"]
 
@@ -85,7 +85,7 @@ def test_a_candidate_that_fails_is_reported_not_raised():
     ({"budget_s": 0}, "budget_s=0"),
     ({"budget_s": float("nan")}, "budget_s=nan"),
     ({"threads": -1}, "threads=-1 must be a positive int"),
-    ({"rounds": 0}, "rounds=0"),
+    ({"rounds": 0}, "repeats=0"),
     ({"eval_fn": 3}, "eval_fn must be"),
     ({"candidates": ["int8"]}, "Candidate"),
 ])
@@ -98,7 +98,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_speedups_agree_with_the_times_shown_and_picks_follow_their_scenario():
-    advice = pk.advise(mlp(), torch.randn(8, 64), budget_s=600, threads=1, rounds=3, progress=False,
+    advice = pk.advise(mlp(), torch.randn(8, 64), budget_s=600, threads=1, repeats=3, progress=False,
                        candidates=pick("structured 50%", "unstructured 90% + sparse runtime", "int8 dynamic (dense)"))
     for r in advice.rows:
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["latency_ms"], rel=1e-9)
@@ -124,7 +124,7 @@ def test_the_kernel_build_is_not_charged_to_the_budget_and_no_folder_is_left(mon
     monkeypatch.setattr(kernels, "load", lambda isa=None: (time.sleep(1.0), real(isa))[1])  # a slow first build
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     quick = Candidate("quick", "none", 0.0, lambda m, x, t: (m, m, "masks"))
-    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.8, threads=1, rounds=2, progress=False,
+    advice = pk.advise(mlp(), torch.randn(2, 64), budget_s=0.8, threads=1, repeats=2, progress=False,
                        candidates=[quick, quick])
     assert len(advice.rows) >= 1 and advice.elapsed_s < 1.0
     assert list(tmp_path.iterdir()) == []
@@ -135,7 +135,7 @@ def test_global_candidates_do_not_score_a_model_whose_head_was_emptied():
     model = mlp()
     with torch.no_grad():
         model[4].weight.mul_(1e-4)  # a head whose weights are all small, as default inits often are
-    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, rounds=2, progress=False,
+    advice = pk.advise(model, torch.randn(8, 64), budget_s=600, threads=1, repeats=2, progress=False,
                        candidates=pick("unstructured 90% + sparse runtime"))
     row = advice.rows[0]
     assert "4" in row["note"].split(" pruned")[0].split(", ") and "note, unstructured 90%" in str(advice)

@@ -23,7 +23,7 @@ def test_slower_variant_gets_a_lower_speedup_and_wrong_output_is_flagged():
     def wrong(t):
         return t * 2 + 0.5
 
-    result = compare({"fast": fast, "slow": slow, "wrong": wrong}, x, rounds=5, warmup=1, min_block_s=0.002)
+    result = compare({"fast": fast, "slow": slow, "wrong": wrong}, x, repeats=5, warmup=1, min_block_s=0.002)
     assert [r.name for r in result.rows] == ["fast", "slow", "wrong"]
     assert result["fast"].speedup == 1.0
     assert result["slow"].speedup < 0.5
@@ -34,7 +34,7 @@ def test_slower_variant_gets_a_lower_speedup_and_wrong_output_is_flagged():
 
 def test_threads_are_set_and_restored():
     before = torch.get_num_threads()
-    result = compare({"a": lambda t: t + 1}, torch.ones(2), rounds=1, threads=1)
+    result = compare({"a": lambda t: t + 1}, torch.ones(2), repeats=1, threads=1)
     assert result.threads == 1 and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         compare({"a": lambda t: t}, torch.ones(2), threads=0)
@@ -67,8 +67,8 @@ def test_benchmark_reports_deepsparse_percentiles_per_batch_size(tmp_path):
 
 def test_a_variant_with_another_output_shape_is_refused_not_timed():
     with pytest.raises(ValueError, match="variant 'half' returns shape \\(2,\\) where the baseline"):
-        compare({"full": lambda t: t * 2, "half": lambda t: t[:2]}, torch.ones(4), rounds=1)
+        compare({"full": lambda t: t * 2, "half": lambda t: t[:2]}, torch.ones(4), repeats=1)
     with pytest.raises(ValueError, match="variant 'broken' does not run"):
-        compare({"ok": lambda t: t, "broken": lambda t: t @ t.T @ torch.ones(3)}, torch.ones(4), rounds=1)
-    with pytest.raises(ValueError, match="rounds=0"):
-        compare({"a": lambda t: t}, torch.ones(2), rounds=0)
+        compare({"ok": lambda t: t, "broken": lambda t: t @ t.T @ torch.ones(3)}, torch.ones(4), repeats=1)
+    with pytest.raises(ValueError, match="repeats=0"):
+        compare({"a": lambda t: t}, torch.ones(2), repeats=0)

@@ -38,7 +38,7 @@ def test_prune_masks_and_structured(factory, tmp_path, capsys):
     model = pk.load(out, nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)))
     assert pk.sparsity_report(model).sparsity == pytest.approx(0.8, abs=1e-3)
     small = tmp_path / "s.safetensors"
-    assert main(["prune", factory, "--structured", "0.5", "--input", "1x32", "--out", str(small)]) == 0
+    assert main(["prune", factory, "--structured", "--sparsity", "0.5", "--input", "1x32", "--out", str(small)]) == 0
     fresh = pk.load(small, nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)))
     assert fresh[0].out_features == 64 and fresh(torch.randn(2, 32)).shape == (2, 8)
 
@@ -164,7 +164,10 @@ def test_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tmp_path, 
         (["prune", f"{broken}:syntax", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "is a int, not a function"),
         (["prune", f"{broken}:absent", "--sparsity", "0.5", "--out", str(tmp_path / "r.pk")], "has no function"),
         (["prune", factory, "--structured", "0.5", "--quantize", "int8", "--sparsity", "0.5", "--out",
-          str(tmp_path / "r.pk")], "does not take --sparsity"),
+          str(tmp_path / "r.pk")], "give the fraction once"),
+        (["prune", factory, "--structured", "--pattern", "2:4", "--sparsity", "0.5", "--out",
+          str(tmp_path / "r.pk")], "does not take --pattern"),
+        (["prune", factory, "--structured", "--out", str(tmp_path / "r.pk")], "--structured --sparsity 0.5"),
         (["prune", factory, "--sparsity", "0.5", "--round-to", "8", "--out", str(tmp_path / "r.pk")],
          "--round-to applies to --structured"),
         (["prune", factory, "--sparsity", "0.5", "--input", "foo", "--out", str(tmp_path / "r.pk")], "--input 'foo'"),
@@ -190,7 +193,7 @@ def test_user_mistakes_are_one_line_exit_2_and_write_nothing(factory, tmp_path, 
 
 def test_every_command_takes_what_the_others_write(factory, tmp_path, capsys):
     small = tmp_path / "small.safetensors"
-    assert main(["prune", factory, "--structured", "0.5", "--input", "1x32", "--out", str(small)]) == 0
+    assert main(["prune", factory, "--structured", "--sparsity", "0.5", "--input", "1x32", "--out", str(small)]) == 0
     assert main(["report", str(small)]) == 0
     out = capsys.readouterr().out
     assert "structurally pruned" in out and "0.weight" in out and "64x32" in out
@@ -198,7 +201,8 @@ def test_every_command_takes_what_the_others_write(factory, tmp_path, capsys):
     assert main(["export", factory, "--weights", str(small), "--input", "1x32", "--out", str(onnx_small)]) == 0
     assert main(["bench", str(onnx_small), "--input", "1x32", "--min-time", "0.05"]) == 0
     small_q = tmp_path / "small_q.pk"  # --structured with --quantize: smaller and int8
-    assert main(["prune", factory, "--structured", "0.5", "--quantize", "int8", "--input", "1x32", "--out", str(small_q)]) == 0
+    assert main(["prune", factory, "--structured", "--sparsity", "0.5", "--quantize", "int8", "--input", "1x32",
+                 "--out", str(small_q)]) == 0
     capsys.readouterr()
     assert main(["report", str(small_q)]) == 0
     out = capsys.readouterr().out
@@ -267,3 +271,11 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     done = subprocess.run(f"{sys.executable} -m prunekit.cli report {out} | head -1", shell=True, capture_output=True,
                           text=True, timeout=120)  # ~250 KB of table: more than a pipe holds
     assert done.stdout.count("\n") == 1 and "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_structured_with_a_value_is_the_deprecated_form_of_structured_sparsity(factory, tmp_path, capsys):
+    old, new = tmp_path / "old.pk", tmp_path / "new.pk"
+    assert main(["prune", factory, "--structured", "0.5", "--input", "1x32", "--out", str(old)]) == 0
+    assert "write --structured --sparsity 0.5" in capsys.readouterr().err
+    assert main(["prune", factory, "--structured", "--sparsity", "0.5", "--input", "1x32", "--out", str(new)]) == 0
+    assert pk.deploy.storage.read_header(old)["structured"] == pk.deploy.storage.read_header(new)["structured"]

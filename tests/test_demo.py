@@ -15,7 +15,7 @@ from prunekit.demo import DemoConfig, SmallCNN, accuracy, load_digits, run
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(epochs=2, finetune_epochs=1, limit=1500, out=str(out), rounds=3, progress=False)
+    cfg = DemoConfig(epochs=2, finetune_epochs=1, limit=1500, out=str(out), repeats=3, progress=False)
     return run(cfg)
 
 

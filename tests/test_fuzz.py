@@ -116,16 +116,16 @@ def test_prune_channels_gives_a_working_smaller_model_or_a_named_error(ratio, ro
 
 
 @slow
-@given(rounds=st.sampled_from([1, 2, 0, -1, 2.5, None]), threads=st.sampled_from([None, 1, 2, 0, -1, "2"]),
+@given(repeats=st.sampled_from([1, 2, 0, -1, 2.5, None]), threads=st.sampled_from([None, 1, 2, 0, -1, "2"]),
        warmup=st.sampled_from([0, 1, -1]), batch_sizes=st.sampled_from([(1,), (1, 2), (), (0,), ("a",), 3]))
-def test_measurements_run_or_name_their_argument(rounds, threads, warmup, batch_sizes):
+def test_measurements_run_or_name_their_argument(repeats, threads, warmup, batch_sizes):
     model = nn.Linear(8, 4).eval()
     x = torch.randn(1, 8)
     before = torch.get_num_threads()
-    kwargs = dict(rounds=rounds, threads=threads, warmup=warmup)
+    kwargs = dict(repeats=repeats, threads=threads, warmup=warmup)
     try:
         result = pk.compare({"a": model, "b": model}, x, min_block_s=0.0, **kwargs)
-        assert result["b"].rel_err == 0.0 and len(result["a"].samples) == rounds
+        assert result["b"].rel_err == 0.0 and len(result["a"].samples) == repeats
     except ERRORS as e:
         assert _arg_named(str(e), kwargs), f"{type(e).__name__}: {e}"
     try:

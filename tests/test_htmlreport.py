@@ -78,7 +78,7 @@ def advice_page(tmp_path_factory):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8)).eval()
     cands = [c for c in default_candidates() if c.name in ("structured 30%", "2:4")]
-    advice = pk.advise(model, torch.randn(4, 32), budget_s=60, threads=1, rounds=2, progress=False, candidates=cands)
+    advice = pk.advise(model, torch.randn(4, 32), budget_s=60, threads=1, repeats=2, progress=False, candidates=cands)
     return write_report(advice, tmp_path_factory.mktemp("advice") / "a.html")[0]
 
 

@@ -1,12 +1,19 @@
 """prunekit: prune PyTorch models and prove the result (smaller, accurate, measurably faster).
 
+Verbs change the model they are given, in place, and return what they measured: ``prune``,
+``finalize``, ``apply_masks``, ``recipes.oneshot``, ``structured.prune_channels``, ``load`` (into a
+model). Functions named ``to_*`` (``deploy.to_sparse_runtime``) return a new model and leave yours as
+it was; ``compare``, ``benchmark``, ``advise`` and ``sparsity_report`` change nothing. How inputs are
+passed (one tensor, a tuple, a dict; calibration batches with a target) is one rule, in
+:mod:`prunekit.inputs`.
+
 Example:
     >>> import prunekit as pk
     >>> report = pk.prune(model, sparsity=0.9)      # global magnitude, reversible masks
     >>> pk.finalize(model); info = pk.save(model, "model.pk.safetensors")
 """
 
-from prunekit import criteria, deploy, patterns, recipes, schedules, structured
+from prunekit import criteria, deploy, inputs, patterns, recipes, schedules, structured
 from prunekit.advise import Advice, advise
 from prunekit.bench import BenchmarkResult, Comparison, benchmark, compare
 from prunekit.criteria import Criterion, ScoreContext
@@ -42,6 +49,7 @@ __all__ = [
     "SaveInfo",
     "Pruner",
     "criteria",
+    "inputs",
     "patterns",
     "schedules",
     "recipes",

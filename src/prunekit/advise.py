@@ -23,9 +23,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from prunekit._compat import old_kwargs
 from prunekit._io import write_text
 from prunekit._progress import progress as progress_bar
-from prunekit.bench import _call, _first_tensor
+from prunekit.inputs import call, first_tensor
 
 __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
 
@@ -59,8 +60,7 @@ def _fits(pattern: str):
 def _masked(sparsity: float, pattern: str, int8: bool = False):
     def build(model, example, threads):
         import prunekit as pk
-        from prunekit.deploy import sparse_runtime
-
+        from prunekit.deploy import to_sparse_runtime
         from prunekit.pruning import too_thin
 
         scope = "global" if pattern == "unstructured" else "layer"
@@ -82,50 +82,54 @@ def _masked(sparsity: float, pattern: str, int8: bool = False):
                             "own: global ranking left under a tenth of the asked density there")
                     pk.prune(model, amount, pattern=pattern, scope=scope, include=_fits(pattern))
         pk.finalize(model)
-        return sparse_runtime(model, example, threads=threads, int8=int8), model, "int8" if int8 else "masks", note
+        fast = to_sparse_runtime(model, example, threads=threads, int8=int8).model
+        return fast, model, "int8" if int8 else "masks", note
 
     return build
 
 
-def _structured(ratio: float, int8: bool = False):
+def _structured(sparsity: float, int8: bool = False):
     def build(model, example, threads):
         import prunekit as pk
 
-        pk.structured.prune_channels(model, example, ratio=ratio, round_to=8)
-        runnable = _dynamic_int8(model) if int8 else model
+        pk.structured.prune_channels(model, example, sparsity=sparsity, round_to=8)
+        runnable = _int8(model) if int8 else model
         return runnable, model, "int8" if int8 else "structured"
 
     return build
 
 
-def _dynamic_int8(model: nn.Module) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+def _int8(model: nn.Module) -> nn.Module:
+    from prunekit.deploy.runtime import dynamic_int8
+
+    quantized = dynamic_int8(model)
+    if quantized is None:
+        raise RuntimeError("this torch build has no dynamic int8 Linear (torch.ao.quantization.quantize_dynamic)")
+    return quantized
 
 
 def _int8_only(model, example, threads):
-    return _dynamic_int8(model), model, "int8"
+    return _int8(model), model, "int8"
 
 
 def default_candidates() -> list[Candidate]:
     """The matrix's options, roughly from the most to the least often useful."""
     return [
-        Candidate("structured 30%", "prune_channels(ratio=0.3)", 0.3, _structured(0.3), "mobile / any CPU, no sparse kernels"),
-        Candidate("unstructured 90% + sparse runtime", "prune 90% + sparse_runtime", 0.9, _masked(0.9, "unstructured"),
+        Candidate("structured 30%", "prune_channels(sparsity=0.3)", 0.3, _structured(0.3), "mobile / any CPU, no sparse kernels"),
+        Candidate("unstructured 90% + sparse runtime", "prune 90% + to_sparse_runtime", 0.9, _masked(0.9, "unstructured"),
                   "CPU with prunekit's runtime"),
-        Candidate("structured 50%", "prune_channels(ratio=0.5)", 0.5, _structured(0.5), "mobile / any CPU, no sparse kernels"),
+        Candidate("structured 50%", "prune_channels(sparsity=0.5)", 0.5, _structured(0.5), "mobile / any CPU, no sparse kernels"),
         Candidate("int8 dynamic (dense)", "quantize_dynamic(Linear)", 0.0, _int8_only, "CPU, quantization only"),
-        Candidate("unstructured 70% + sparse runtime", "prune 70% + sparse_runtime", 0.7, _masked(0.7, "unstructured"),
+        Candidate("unstructured 70% + sparse runtime", "prune 70% + to_sparse_runtime", 0.7, _masked(0.7, "unstructured"),
                   "CPU with prunekit's runtime"),
-        Candidate("2:4", "prune 2:4 (+ sparse_runtime)", 0.5, _masked(0.5, "2:4"), "GPU with 2:4 tensor cores (A100/H100)"),
-        Candidate("unstructured 90% + int8", "prune 90% + sparse_runtime(int8=True)", 0.9,
+        Candidate("2:4", "prune 2:4 (+ to_sparse_runtime)", 0.5, _masked(0.5, "2:4"), "GPU with 2:4 tensor cores (A100/H100)"),
+        Candidate("unstructured 90% + int8", "prune 90% + to_sparse_runtime(int8=True)", 0.9,
                   _masked(0.9, "unstructured", int8=True), "smallest file / microcontroller"),
-        Candidate("1x4 blocks 90% + sparse runtime", "prune block:1x4 90% + sparse_runtime", 0.9,
+        Candidate("1x4 blocks 90% + sparse runtime", "prune block:1x4 90% + to_sparse_runtime", 0.9,
                   _masked(0.9, "block:1x4"), "CPU with prunekit's runtime"),
-        Candidate("1x4 blocks 90% + int8", "prune block:1x4 90% + sparse_runtime(int8=True)", 0.9,
+        Candidate("1x4 blocks 90% + int8", "prune block:1x4 90% + to_sparse_runtime(int8=True)", 0.9,
                   _masked(0.9, "block:1x4", int8=True), "CPU with AVX-512 VNNI (prunekit's sparse int8 kernel)"),
-        Candidate("unstructured 95% + sparse runtime", "prune 95% + sparse_runtime", 0.95, _masked(0.95, "unstructured"),
+        Candidate("unstructured 95% + sparse runtime", "prune 95% + to_sparse_runtime", 0.95, _masked(0.95, "unstructured"),
                   "CPU with prunekit's runtime"),
         Candidate("structured 30% + int8", "prune_channels(0.3) + quantize_dynamic", 0.3, _structured(0.3, int8=True),
                   "CPU, structured and quantized"),
@@ -185,7 +189,7 @@ def _quality(model_or_fn, example, dense_out, eval_fn) -> float:
     if eval_fn is not None:
         return float(eval_fn(model_or_fn))
     with torch.inference_mode():
-        out = _first_tensor(_call(model_or_fn, example))
+        out = first_tensor(call(model_or_fn, example))
     a, b = out.reshape(out.shape[0], -1).float(), dense_out.reshape(dense_out.shape[0], -1).float()
     return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
 
@@ -265,8 +269,9 @@ def advise(
     threads: int | None = None,
     candidates: list[Candidate] | None = None,
     quality_floor: float | None = None,
-    rounds: int = 7,
+    repeats: int = 7,
     progress: bool = True,
+    **deprecated,
 ) -> Advice:
     """Build, time, size and score each candidate on this machine; return the measured matrix.
 
@@ -284,7 +289,7 @@ def advise(
         candidates: the list to try (default :func:`default_candidates`).
         quality_floor: candidates below it are not recommended (default: 0.99 x the dense quality
             with ``eval_fn``, cosine 0.9 without).
-        rounds: timed rounds per comparison.
+        repeats: timed blocks per comparison (``rounds=`` is its deprecated name).
         progress: show a progress bar (tqdm) per candidate.
 
     Returns:
@@ -304,8 +309,9 @@ def advise(
         raise ValueError(f"budget_s={budget_s!r} must be a positive number of seconds, e.g. 300")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} must be a positive int, e.g. 2 (or None for the current setting)")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds={rounds!r} must be an int >= 1, e.g. 7")
+    repeats = old_kwargs("advise", deprecated, {"rounds": "repeats"}).get("repeats", repeats)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be an int >= 1, e.g. 7")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError("eval_fn must be a function (model) -> float, higher is better")
     if quality_floor is not None and (not isinstance(quality_floor, (int, float)) or not math.isfinite(quality_floor)):
@@ -317,7 +323,7 @@ def advise(
     model.eval()
     with torch.inference_mode():
         try:
-            dense_out = _first_tensor(_call(model, example_inputs))
+            dense_out = first_tensor(call(model, example_inputs))
         except Exception as e:
             raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: {e}") from e
     load_kernels()  # a first-use build (about a minute, announced) is not charged to the budget
@@ -348,7 +354,7 @@ def advise(
             runnable, saved, kind = built[:3]
             if len(built) > 3 and built[3]:
                 row["note"] = built[3]
-            result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, rounds=rounds, threads=threads)
+            result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, repeats=repeats, threads=threads)
             dense_ms.append(result["dense"].median * 1e3)
             row.update(latency_ms=result[cand.name].median * 1e3, dense_ms=result["dense"].median * 1e3,
                        speedup=result[cand.name].speedup,

@@ -1,6 +1,6 @@
 """Side-by-side latency on this machine: variants interleaved in one process, medians, ratios.
 
-The method (see shared/BENCHMARKING.md): build every variant first; run rounds, each timing every
+The method (see shared/BENCHMARKING.md): build every variant first; run repeated blocks, each timing every
 variant (the order rotates) after a few untimed warm-up calls; report the median per-call latency,
 p10/p90 as spread, and the ratio to the first variant. Outputs are checked against the first
 variant's, because a faster wrong answer is a bug, not a result.
@@ -12,13 +12,15 @@ import json
 import os
 import statistics
 import time
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
+from prunekit._compat import old_kwargs
 from prunekit._io import write_text
+from prunekit.inputs import call, first_tensor, threads as threads_in_use
 
 __all__ = ["benchmark", "BenchmarkResult", "compare", "Comparison", "VariantTiming", "as_callable"]
 
@@ -27,7 +29,7 @@ PERCENTILES = (25, 50, 75, 90, 95, 99, 99.9)
 
 @dataclass
 class VariantTiming:
-    """One variant: per-call latency in seconds over rounds (``median``, ``p10``, ``p90``), the
+    """One variant: per-call latency in seconds over repeated blocks (``median``, ``p10``, ``p90``), the
     speedup over the baseline (``speedup`` = baseline median / this median) and the output error
     versus the baseline (``max_abs_err``, ``rel_err`` = max abs error / max abs baseline output)."""
 
@@ -60,7 +62,13 @@ class Comparison:
 
     rows: list[VariantTiming]
     threads: int
-    rounds: int
+    repeats: int
+
+    @property
+    def rounds(self) -> int:
+        """Deprecated name of :attr:`repeats` (goes in prunekit 0.3)."""
+        warnings.warn("Comparison.rounds is deprecated and goes in prunekit 0.3; use .repeats", DeprecationWarning, stacklevel=2)
+        return self.repeats
 
     def __getitem__(self, name: str) -> VariantTiming:
         return next(r for r in self.rows if r.name == name)
@@ -68,7 +76,7 @@ class Comparison:
     def to_dict(self) -> dict:
         return {
             "threads": self.threads,
-            "rounds": self.rounds,
+            "repeats": self.repeats,
             "variants": [
                 {
                     "name": r.name,
@@ -89,19 +97,6 @@ class Comparison:
             spread = f"{r.p10 * 1e3:.3f}-{r.p90 * 1e3:.3f}"
             lines.append(f"{r.name:<16} {r.median * 1e3:>10.3f} {spread:>16} {r.speedup:>7.2f}x {r.rel_err:>9.1e}")
         return "\n".join(lines)
-
-
-@contextmanager
-def _threads(n: int | None):
-    old = torch.get_num_threads()
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"threads={n!r} must be a positive int, e.g. 2")
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
 
 
 class _OnnxRunner:
@@ -141,31 +136,14 @@ def as_callable(target: Any, threads: int | None = None) -> Callable:
     return target
 
 
-def _call(fn: Callable, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return fn(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return fn(*inputs)
-    return fn(inputs)
-
-
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out:
-        return _first_tensor(out[0])
-    if isinstance(out, Mapping) and out:
-        return _first_tensor(next(iter(out.values())))
-    return getattr(out, "last_hidden_state", None)
-
-
 def compare(
     variants: Mapping[str, Callable],
     example_inputs: Any,
-    rounds: int = 30,
+    repeats: int = 30,
     warmup: int = 3,
     min_block_s: float = 0.01,
     threads: int | None = None,
+    **deprecated,
 ) -> Comparison:
     """Time ``variants`` interleaved in this process and compare each with the first.
 
@@ -174,8 +152,9 @@ def compare(
     Args:
         variants: ``{"dense": model, "pruned": other_model, "onnx": "model.onnx", ...}``: modules,
             callables or ONNX files (run with ONNX Runtime); the first is the baseline.
-        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
-        rounds: timed rounds per variant (the median is over these).
+        example_inputs: one input (see :mod:`prunekit.inputs`): a tensor, a tuple of positional
+            inputs, or a dict of keyword inputs.
+        repeats: timed blocks per variant (the median is over these; ``rounds=`` is its deprecated name).
         warmup: untimed calls before each timed block.
         min_block_s: each timed block repeats the call until it lasts about this long.
         threads: ``torch.set_num_threads`` for the run (restored afterwards); None keeps the current.
@@ -190,19 +169,20 @@ def compare(
         raise TypeError(f"variants must be a dict {{name: model}}, got {type(variants).__name__}")
     if not variants:
         raise ValueError("variants is empty; pass {'name': model_or_callable, ...}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds={rounds!r} must be an int >= 1, e.g. 30")
+    repeats = old_kwargs("compare", deprecated, {"rounds": "repeats"}).get("repeats", repeats)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be an int >= 1, e.g. 30")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup={warmup!r} must be an int >= 0, e.g. 3")
     if not isinstance(min_block_s, (int, float)) or not 0 <= min_block_s < 60:
         raise ValueError(f"min_block_s={min_block_s!r} must be seconds in [0, 60), e.g. 0.01")
     variants = {n: as_callable(v, threads) for n, v in variants.items()}
     names = list(variants)
-    with _threads(threads) as n_threads, torch.inference_mode():
+    with threads_in_use(threads) as n_threads, torch.inference_mode():
         outputs = {}
         for n in names:
             try:
-                outputs[n] = _first_tensor(_call(variants[n], example_inputs))
+                outputs[n] = first_tensor(call(variants[n], example_inputs))
             except Exception as e:
                 raise ValueError(f"variant {n!r} does not run on example_inputs: {type(e).__name__}: {e}") from e
         ref = outputs[names[0]]
@@ -217,19 +197,19 @@ def compare(
         reps = {}
         for n in names:
             t0 = time.perf_counter()
-            _call(variants[n], example_inputs)
+            call(variants[n], example_inputs)
             once = max(time.perf_counter() - t0, 1e-6)
             reps[n] = max(1, min(1000, int(min_block_s / once)))
         samples: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
+        for r in range(repeats):
             order = names[r % len(names):] + names[: r % len(names)]
             for n in order:
                 fn = variants[n]
                 for _ in range(warmup):
-                    _call(fn, example_inputs)
+                    call(fn, example_inputs)
                 t0 = time.perf_counter()
                 for _ in range(reps[n]):
-                    _call(fn, example_inputs)
+                    call(fn, example_inputs)
                 samples[n].append((time.perf_counter() - t0) / reps[n])
     base = statistics.median(samples[names[0]])
     rows = []
@@ -245,7 +225,7 @@ def compare(
         elif n != names[0]:
             row.max_abs_err = row.rel_err = float("nan")  # outputs not comparable
         rows.append(row)
-    return Comparison(rows, n_threads, rounds)
+    return Comparison(rows, n_threads, repeats)
 
 
 def _batched(inputs: Any, batch: int) -> Any:
@@ -328,24 +308,24 @@ def benchmark(
         raise ValueError("min_iters must be >= 1; min_time_s and warmup_iters >= 0")
     fn = as_callable(model, threads)
     rows = []
-    with _threads(threads) as n_threads, torch.inference_mode():
+    with threads_in_use(threads) as n_threads, torch.inference_mode():
         for batch in batch_sizes:
             inputs = _batched(example_inputs, batch)
             try:
-                _call(fn, inputs)
+                call(fn, inputs)
             except Exception as e:
                 raise ValueError(f"the model does not run on example_inputs at batch {batch}: {type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
             t_end = time.perf_counter() + warmup_s
             done = 0
             while done < warmup_iters or time.perf_counter() < t_end:
-                _call(fn, inputs)
+                call(fn, inputs)
                 done += 1
             times = []
             start = time.perf_counter()
             while (len(times) < min_iters or time.perf_counter() - start < min_time_s) and len(times) < max_iters:
                 t0 = time.perf_counter()
-                _call(fn, inputs)
+                call(fn, inputs)
                 times.append(time.perf_counter() - t0)
             ms = np.array(times) * 1e3
             row = {"batch": batch, "iterations": len(times), "items_per_s": batch / (ms.mean() / 1e3),

@@ -66,20 +66,29 @@ def _prune(args) -> int:
     if args.out.endswith(".onnx"):
         raise UserError(f"--out {args.out!r}: prune writes a prunekit file; for ONNX run prunekit export ... --weights FILE")
     _in(args.recipe, "--recipe")
-    if args.structured is not None:
-        mixed = [flag for flag, value in (("--sparsity", args.sparsity), ("--pattern", args.pattern),
-                                          ("--recipe", args.recipe), ("--exclude", args.exclude), ("--scope", args.scope))
+    if isinstance(args.structured, str):  # the old form, --structured 0.5
+        if args.sparsity is not None:
+            raise UserError(f"--structured {args.structured} --sparsity {args.sparsity}: give the fraction once, as "
+                            "--structured --sparsity 0.5")
+        print(f"--structured {args.structured} is deprecated and goes in prunekit 0.3; write "
+              f"--structured --sparsity {args.structured}", file=sys.stderr)
+        args.sparsity, args.structured = args.structured, True
+    if args.structured:
+        mixed = [flag for flag, value in (("--pattern", args.pattern), ("--recipe", args.recipe), ("--scope", args.scope))
                  if value]
         if mixed:
             raise UserError(f"--structured removes whole channels and does not take {', '.join(mixed)}; prune the "
                             "smaller model in Python (prunekit.prune) to add masks, or drop --structured")
+        if args.sparsity is None:
+            raise UserError("--structured needs the fraction of channels to remove: --structured --sparsity 0.5")
     elif args.round_to is not None:
-        raise UserError("--round-to applies to --structured (channel counts); give --structured 0.5 or leave it out")
+        raise UserError("--round-to applies to --structured (channel counts); add --structured or leave it out")
     model, default = load_model(args.model)
-    if args.structured is not None:
-        ratio = _fraction(args.structured, "--structured")
+    if args.structured:
+        sparsity = _fraction(args.sparsity, "--sparsity")
         round_to = 8 if args.round_to is None else args.round_to
-        report = pk.structured.prune_channels(model, example_inputs(args, default, model), ratio=ratio, round_to=round_to)
+        report = pk.structured.prune_channels(model, example_inputs(args, default, model), sparsity=sparsity,
+                                              round_to=round_to, exclude=args.exclude or None)
         print(report)
         info = pk.save(model, args.out, quantize=args.quantize, compress="lzma" if args.quantize else None)
         print(_saved(info, args.quantize))
@@ -109,7 +118,7 @@ def _prune(args) -> int:
     if args.exclude:
         kwargs["exclude"] = args.exclude
     if sparsity is None and not str(kwargs.get("pattern", "")).count(":") == 1:
-        raise UserError("give --sparsity 0.8 (or --pattern 2:4, or --recipe recipe.yaml, or --structured 0.5)")
+        raise UserError("give --sparsity 0.8 (or --pattern 2:4, or --recipe recipe.yaml, or --structured --sparsity 0.5)")
     pk.prune(model, sparsity, **kwargs)
     print(pk.sparsity_report(model))  # saved with its masks: pk.load gives them back, report shows the pattern
     info = pk.save(model, args.out, quantize=args.quantize, compress="lzma" if args.quantize else None)
@@ -268,7 +277,7 @@ def _bench(args) -> int:
 EXAMPLES = {
     "demo": "prunekit demo --sparsity 0.9",
     "prune": "prunekit prune resnet18 --sparsity 0.8 --out model.safetensors\n  prunekit prune resnet18 --pattern 2:4 "
-             "--exclude conv1 --out model.safetensors\n  prunekit prune resnet18 --structured 0.5 --out small.safetensors",
+             "--exclude conv1 --out model.safetensors\n  prunekit prune resnet18 --structured --sparsity 0.5 --out small.safetensors",
     "report": "prunekit report model.safetensors\n  prunekit report model.safetensors --model resnet18 --html report.html"
               "\n  prunekit report advise.json --html advise.html",
     "bench": "prunekit bench model.onnx --input 1x3x224x224 --batch-sizes 1,8 --threads 2",
@@ -301,13 +310,14 @@ def _parser() -> argparse.ArgumentParser:
     model_help = "a torchvision name (resnet18), a Hugging Face folder, or path/to/file.py:factory"
     p = command("prune", "prune a model (masks made permanent, or --structured channels) and save it")
     p.add_argument("model", help=model_help)
-    p.add_argument("--sparsity", default=None, help="fraction of weights to zero, e.g. 0.8")
+    p.add_argument("--sparsity", default=None, help="fraction of weights (with --structured: channels) to prune, e.g. 0.8")
     p.add_argument("--pattern", default=None, help="unstructured | N:M (2:4) | block:1x4 | channel")
     p.add_argument("--recipe", default=None, help="a YAML recipe (criterion, pattern, scope, include, schedule)")
     p.add_argument("--exclude", action="append", default=[], help="module-name glob to leave dense (repeat)")
     p.add_argument("--scope", choices=["global", "layer"], default=None,
                    help="rank all layers together (global, the default) or give each layer the same sparsity")
-    p.add_argument("--structured", default=None, help="remove this fraction of channels/heads instead, e.g. 0.5")
+    p.add_argument("--structured", nargs="?", const=True, default=False,
+                   help="remove whole channels/heads (--sparsity of them) instead of masking weights")
     p.add_argument("--round-to", type=int, default=None, help="with --structured: channel counts multiple of this (8)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="lossy smaller file (lzma)")
     p.add_argument("--input", action="append", default=[], help="batch-1 input: 1x3x224x224 or NAME=1x128:int64")

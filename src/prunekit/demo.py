@@ -26,7 +26,7 @@ import prunekit as pk
 from prunekit._io import write_bytes
 from prunekit._progress import progress
 from prunekit.bench import compare
-from prunekit.deploy import sparse_runtime
+from prunekit.deploy import to_sparse_runtime
 
 __all__ = ["DemoConfig", "SmallCNN", "load_digits", "run"]
 
@@ -43,7 +43,7 @@ class DemoConfig:
     seed: int = 0
     out: str | None = None
     limit: int | None = None  # use only this many images (tests)
-    rounds: int = 30
+    repeats: int = 30
     progress: bool = True
 
     def __post_init__(self):
@@ -53,7 +53,7 @@ class DemoConfig:
         integer(self.epochs, "epochs", 1)
         integer(self.finetune_epochs, "finetune_epochs", 0)
         integer(self.batch_size, "batch_size", 1)
-        integer(self.rounds, "rounds", 1)
+        integer(self.repeats, "repeats", 1)
         if self.limit is not None:
             integer(self.limit, "limit", 20)  # 0 used to mean "all" (limit or len(y)); at least 4 test digits
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
@@ -153,7 +153,7 @@ def run(cfg: DemoConfig | None = None) -> dict:
 
     # structured: half of every layer's channels removed, then the same fine-tuning budget
     small = copy.deepcopy(dense)
-    structured = pk.structured.prune_channels(small, xte[:1], ratio=0.5)
+    structured = pk.structured.prune_channels(small, xte[:1], sparsity=0.5)
     if cfg.finetune_epochs > 0:
         train(small, xtr, ytr, cfg.finetune_epochs, cfg, "channels 50% + fine-tune")
     acc_small = accuracy(small, xte, yte)
@@ -164,9 +164,9 @@ def run(cfg: DemoConfig | None = None) -> dict:
     info = pk.save(pruned, os.path.join(out, "pruned.pk.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a machine that cannot build the kernels keeps dense layers
-        fast = sparse_runtime(pruned.eval(), xte[:1], threads=2)
+        fast, fast_report = to_sparse_runtime(pruned.eval(), xte[:1], threads=2)
     timing = compare({"dense": dense.eval(), "pruned": pruned.eval(), "runtime": fast, "channels": small.eval()},
-                     xte[:1], rounds=cfg.rounds, threads=2)
+                     xte[:1], repeats=cfg.repeats, threads=2)
 
     dense_report = pk.sparsity_report(dense)
     rows = [
@@ -223,8 +223,8 @@ def run(cfg: DemoConfig | None = None) -> dict:
         print(f"gradual pruning: {len(pruner.log)} mask updates over {pruner.step_count} steps "
               f"({pruner.log[0]['target']:.0%} -> {pruner.log[-1]['target']:.0%}, PolynomialDecay, prunekit.Pruner)")
     print(f"file: {info}")
-    chosen = ", ".join(f"{r['name']} {r['choice']}" for r in fast.runtime_report.rows)
-    print(f"sparse runtime: {fast.runtime_report.fraction_sparse:.1%} of Linear/Conv2d weights run on sparse kernels, "
+    chosen = ", ".join(f"{r['name']} {r['choice']}" for r in fast_report.rows)
+    print(f"sparse runtime: {fast_report.fraction_sparse:.1%} of Linear/Conv2d weights run on sparse kernels, "
           f"each layer's choice measured ({chosen}). Zeros alone in dense kernels cost the same.")
     print(f"files in {out}; total {time.perf_counter() - started:.0f} s")
     return {
@@ -234,5 +234,5 @@ def run(cfg: DemoConfig | None = None) -> dict:
         "weight_sparsity": report.sparsity,
         "paths": {"dense": dense_path, "pruned": info.path, "channels": small_path},
         "timing": timing.to_dict(),
-        "runtime_report": fast.runtime_report.rows,
+        "runtime_report": fast_report.rows,
     }

@@ -15,6 +15,7 @@ or ``topk``, which is what makes global pruning of a 110M-weight model take abou
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Callable, Iterable, Mapping, Union
 
@@ -185,12 +186,13 @@ def prune(
         include: which weights (module types, fqn globs, or ``(module, fqn) -> bool``);
             default: every Linear and Conv weight.
         exclude: which weights to leave alone, same forms.
-        data: calibration batches for data-aware criteria (``"taylor"``): tensors, ``(inputs, target)``
-            pairs or dicts of keyword arguments.
-        loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` for tensor batches).
+        data: calibration batches for data-aware criteria (``"taylor"``, ``"wanda"``), each one input
+            (see :mod:`prunekit.inputs`); batches with a target are :class:`prunekit.inputs.Labeled`
+            (``prunekit.inputs.labeled(loader)`` for a loader of ``(x, y)`` pairs).
+        loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` for batches without a target).
 
     Returns:
-        :class:`prunekit.SparsityReport` of the model after pruning.
+        :class:`prunekit.SparsityReport` of the model after pruning (``seconds``: time taken).
 
     Raises:
         ValueError / TypeError: bad arguments, with what would work; the model is unchanged.
@@ -206,6 +208,7 @@ def prune(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r} is unknown; use one of {list(SCOPES)}")
+    started = time.perf_counter()
     pat = get_pattern(pattern)
     crit: Criterion = get_criterion(criterion)
     targets = find_targets(model, include, exclude)
@@ -252,7 +255,9 @@ def prune(
     for t, keep in new_masks:
         attach(t, keep, str(pat))
     _warn_starved(plan, new_masks)
-    return sparsity_report(model)
+    report = sparsity_report(model)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def too_thin(keep: torch.Tensor, sparsity: float) -> bool:

@@ -34,11 +34,14 @@ class SparsityReport:
         rows: one :class:`SparsityRow` each.
         numel / nonzeros / sparsity: over the rows (the prunable weights).
         model_params / model_nonzeros: over every parameter of the model (biases, norms, embeddings).
+        seconds: wall time of the pruning call that returned this report (None from
+            :func:`sparsity_report` itself).
     """
 
     rows: list[SparsityRow] = field(default_factory=list)
     model_params: int = 0
     model_nonzeros: int = 0
+    seconds: float | None = None
 
     @property
     def numel(self) -> int:
@@ -67,6 +70,7 @@ class SparsityReport:
             "sparsity": self.sparsity,
             "model_params": self.model_params,
             "model_nonzeros": self.model_nonzeros,
+            "seconds": self.seconds,
         }
 
     def __str__(self) -> str:

@@ -25,10 +25,10 @@ def test_export_keeps_zeros_and_outputs(tmp_path, quantize):
     x = torch.randn(8, 784)
     calibration = [torch.randn(4, 784) for _ in range(4)]
     with pytest.warns(UserWarning, match="live masks"):
-        info = export_onnx(model, x[:1], tmp_path / "m.onnx", quantize=quantize, calibration=calibration)
+        info = export_onnx(model, x[:1], tmp_path / "m.onnx", quantize=quantize, data=calibration)
     assert pk.masks(model)  # the model itself keeps its masks
     assert info.nonzeros == nz and info.weights == 784 * 300 + 300 * 100 + 100 * 10
-    result = pk.compare({"torch": model, "onnx": info.path}, x, rounds=2)
+    result = pk.compare({"torch": model, "onnx": info.path}, x, repeats=2)
     assert result["onnx"].rel_err < (1e-5 if quantize is None else 0.05)
     if quantize:
         assert info.file_bytes < 0.3 * (4 * info.weights)
@@ -37,7 +37,7 @@ def test_export_keeps_zeros_and_outputs(tmp_path, quantize):
 def test_export_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="quantize='int4'"):
         export_onnx(_lenet(), torch.randn(1, 784), tmp_path / "m.onnx", quantize="int4")
-    with pytest.raises(ValueError, match="needs calibration"):
+    with pytest.raises(ValueError, match="needs data="):
         export_onnx(_lenet(), torch.randn(1, 784), tmp_path / "m.onnx", quantize="int8-static")
 
 
@@ -61,25 +61,25 @@ def test_exports_multihead_attention_in_eval_mode(tmp_path):
 
 
 def test_runtime_model_exports_what_its_float_kernels_compute(tmp_path):
-    """export_onnx of a sparse_runtime model used to write one constant for every input."""
-    from prunekit.deploy import sparse_runtime
+    """export_onnx of a to_sparse_runtime model used to write one constant for every input."""
+    from prunekit.deploy import to_sparse_runtime
     from prunekit.deploy.kernels import load
 
     if load() is None:
         pytest.skip("C++ kernels could not be built here")
     model = _lenet()
     pk.prune(model, 0.9, scope="layer")
-    fast = sparse_runtime(model, torch.randn(1, 784))  # unmeasured-run choices still go sparse
+    fast, _ = to_sparse_runtime(model)  # unmeasured: every candidate runs sparse, whatever the machine load
     assert any(type(m).__name__ == "SparseLinear" for m in fast.modules())
     info = export_onnx(fast, torch.randn(1, 784), tmp_path / "runtime.onnx")
     other = torch.randn(5, 784)  # not the tracing input: a constant graph would fail here
-    result = pk.compare({"runtime": fast, "onnx": info.path}, other, rounds=1)
+    result = pk.compare({"runtime": fast, "onnx": info.path}, other, repeats=1)
     assert result["onnx"].rel_err < 1e-5
     assert info.nonzeros == pk.sparsity_report(model).nonzeros
     with pytest.raises(RuntimeError, match="torch.jit.trace cannot record"):
         torch.jit.trace(fast, torch.randn(1, 784))
-    int8 = sparse_runtime(model, torch.randn(1, 784), int8=True)
-    if any("int8" in r["choice"] for r in int8.runtime_report.rows):
+    int8, int8_report = to_sparse_runtime(model, torch.randn(1, 784), int8=True)
+    if any("int8" in r["choice"] for r in int8_report.rows):
         with pytest.raises(ValueError, match="int8 kernels"):
             export_onnx(int8, torch.randn(1, 784), tmp_path / "int8.onnx")
         assert not (tmp_path / "int8.onnx").exists()
@@ -128,7 +128,7 @@ def test_export_takes_keyword_inputs_and_leaves_no_temporary_files(tmp_path, mon
     names = [i.name for i in ort.InferenceSession(info.path).get_inputs()]
     assert names == ["input_ids", "attention_mask"]
     other = {"input_ids": torch.randint(0, 50, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
-    assert pk.compare({"torch": bert, "onnx": info.path}, other, rounds=1)["onnx"].rel_err < 0.1
+    assert pk.compare({"torch": bert, "onnx": info.path}, other, repeats=1)["onnx"].rel_err < 0.1
     assert list(scratch.iterdir()) == []  # the fp32 intermediate is gone
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.deploy import SparseConv2d, SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime
+from prunekit.deploy import SparseConv2d, SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime, to_sparse_runtime
 from prunekit.deploy.kernels import load
 
 kernels = load()
@@ -82,8 +82,8 @@ def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch)
         SparseConv2d(conv, portable)
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(8 * 8 * 8, 16))
     pk.prune(model, 0.9, scope="layer")
-    fast = sparse_runtime(model, torch.randn(1, 4, 10, 10), rounds=1)  # this build: the conv stays dense
-    assert type(fast[0]) is nn.Conv2d and "need the AVX-512 build" in fast.runtime_report.rows[0]["reason"]
+    fast, fast_report = to_sparse_runtime(model, torch.randn(1, 4, 10, 10), repeats=1)  # this build: the conv stays dense
+    assert type(fast[0]) is nn.Conv2d and "need the AVX-512 build" in fast_report.rows[0]["reason"]
     monkeypatch.setenv("PRUNEKIT_KERNELS", "avx2")
     with pytest.raises(ValueError, match="PRUNEKIT_KERNELS='avx2'.*portable"):
         load()
@@ -95,8 +95,7 @@ def test_runtime_measures_each_layer_and_keeps_outputs(tmp_path):
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
     pk.prune(model, 0.9, exclude="4", scope="layer")
     x = torch.randn(64, 256)
-    fast = sparse_runtime(model, x, threads=2, rounds=3)
-    report = fast.runtime_report
+    fast, report = to_sparse_runtime(model, x, threads=2, repeats=3)
     assert [r["name"] for r in report.rows] == ["0", "2", "4"]
     assert report.rows[2]["reason"].startswith("below min_sparsity") and type(fast[4]) is nn.Linear
     for r in report.rows[:2]:
@@ -119,18 +118,18 @@ def test_sparse_layers_are_inference_only():
 def test_model_without_sparse_layers_is_returned_unchanged_with_a_warning():
     model = nn.Sequential(nn.Linear(8, 8))
     with pytest.warns(UserWarning, match="no Linear or Conv2d layer has >= 50% zeros"):
-        out = sparse_runtime(model, torch.randn(1, 8))
+        out, _ = to_sparse_runtime(model, torch.randn(1, 8))
     assert type(out[0]) is nn.Linear and torch.equal(out[0].weight, model[0].weight)
     with pytest.raises(ValueError, match="min_sparsity=1.5"):
-        sparse_runtime(model, min_sparsity=1.5)
+        to_sparse_runtime(model, min_sparsity=1.5)
 
 
 def test_unsupported_dtype_stays_dense_with_the_reason():
     model = nn.Sequential(nn.Linear(8, 8)).double()
     pk.prune(model, 0.9)
     with pytest.warns(UserWarning):
-        out = sparse_runtime(model, torch.randn(1, 8, dtype=torch.float64))
-    assert "float32" in out.runtime_report.rows[0]["reason"]
+        out, out_report = to_sparse_runtime(model, torch.randn(1, 8, dtype=torch.float64))
+    assert "float32" in out_report.rows[0]["reason"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
@@ -144,8 +143,8 @@ def test_int8_option_measures_a_third_kernel_and_keeps_zeros():
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64)).eval()
     pk.prune(model, 0.9, scope="layer", include="0")  # layer 2 stays dense: an int8-only candidate
     x = torch.randn(64, 256)
-    fast = sparse_runtime(model, x, threads=2, rounds=3, int8=True)
-    rows = {r["name"]: r for r in fast.runtime_report.rows}
+    fast, fast_report = to_sparse_runtime(model, x, threads=2, repeats=3, int8=True)
+    rows = {r["name"]: r for r in fast_report.rows}
     assert rows["0"]["int8_us"] > 0 and rows["2"]["int8_us"] > 0 and rows["2"]["sparse_us"] is None
     for name, r in rows.items():
         times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8", "sparse_int8") if r[f"{k}_us"] is not None}
@@ -202,13 +201,13 @@ def test_int8_runtime_measures_the_sparse_int8_kernel_on_blocks():
     model = nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384)).eval()
     pk.prune(model, 0.9, pattern="block:1x4")
     x = torch.randn(128, 384)
-    fast = sparse_runtime(model, x, threads=2, rounds=3, int8=True)
-    for r in fast.runtime_report.rows:
+    fast, fast_report = to_sparse_runtime(model, x, threads=2, repeats=3, int8=True)
+    for r in fast_report.rows:
         times = {k: r[f"{k}_us"] for k in ("dense", "sparse", "int8", "sparse_int8")}
         assert all(t > 0 for t in times.values())
         assert r["choice"] == min(times, key=times.get)
         assert (type(fast.get_submodule(r["name"])) is SparseLinearInt8) == (r["choice"] == "sparse_int8")
-    assert "sp.int8 us" in str(fast.runtime_report)
+    assert "sp.int8 us" in str(fast_report)
     with torch.no_grad():
         ref, out = model(x), fast(x)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
@@ -250,8 +249,8 @@ def test_runtime_runs_a_pruned_resnet_with_sparse_convolutions_and_equal_outputs
     model = resnet18(weights=None, num_classes=10).eval()
     pk.prune(model, 0.9, include="layer*")
     x = torch.randn(1, 3, 96, 96)
-    fast = sparse_runtime(model, x, threads=2, rounds=3)
-    rows = {r["name"]: r for r in fast.runtime_report.rows}
+    fast, fast_report = to_sparse_runtime(model, x, threads=2, repeats=3)
+    rows = {r["name"]: r for r in fast_report.rows}
     assert rows["conv1"]["reason"].startswith("below min_sparsity")  # the stem was not pruned
     convs = [r for n, r in rows.items() if n.startswith("layer") and r["sparsity"] >= 0.5]
     assert len(convs) >= 16 and all(r["sparse_us"] > 0 and r["tokens"] > 0 for r in convs)
@@ -270,8 +269,8 @@ def test_runtime_runs_a_pruned_resnet_with_sparse_convolutions_and_equal_outputs
 def test_grouped_convolutions_stay_dense_with_the_reason():
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 1))
     pk.prune(model, 0.9, scope="layer")
-    fast = sparse_runtime(model, torch.randn(1, 8, 10, 10), rounds=2)
-    rows = fast.runtime_report.rows
+    fast, fast_report = to_sparse_runtime(model, torch.randn(1, 8, 10, 10), repeats=2)
+    rows = fast_report.rows
     assert type(fast[0]) is nn.Conv2d and "groups=8" in rows[0]["reason"]
 
 
@@ -281,7 +280,7 @@ def test_runtime_models_deepcopy_and_keep_their_outputs_and_nonzeros():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 4))
     pk.prune(model, 0.8, scope="layer")
     x = torch.randn(2, 3, 8, 8)
-    fast = sparse_runtime(model, x, rounds=1, int8=True)
+    fast, _ = to_sparse_runtime(model, x, repeats=1, int8=True)
     layers = [m for m in fast.modules() if hasattr(m, "_k")]
     copied = copy.deepcopy(fast)
     with torch.no_grad():
@@ -303,11 +302,11 @@ def test_a_copied_sparse_layer_still_runs_and_a_bad_build_name_is_refused():
         load("sse")
 
 
-@pytest.mark.parametrize("kwargs, match", [({"rounds": 0}, "rounds=0 must be >= 1"), ({"threads": 0}, "threads=0"),
+@pytest.mark.parametrize("kwargs, match", [({"repeats": 0}, "repeats=0 must be >= 1"), ({"threads": 0}, "threads=0"),
                                            ({"min_sparsity": 1.5}, "min_sparsity=1.5")])
 def test_bad_runtime_arguments_are_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 8), **kwargs)
+        to_sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 8), **kwargs)
 
 
 @needs_kernels
@@ -327,21 +326,21 @@ def test_a_failing_layer_puts_the_swapped_layers_back(monkeypatch):
     monkeypatch.setattr(runtime, "SparseLinear", Flaky)
     x = torch.randn(4, 32)
     ref = model(x)
-    with pytest.raises(RuntimeError, match="second layer"):
-        sparse_runtime(model, x, inplace=True)
+    with pytest.raises(RuntimeError, match="second layer"), pytest.deprecated_call():
+        sparse_runtime(model, x, inplace=True)  # the deprecated in-place form: all-or-nothing too
     assert all(type(m) is nn.Linear for m in (model[0], model[2])) and torch.equal(model(x), ref)
 
 
 def test_example_inputs_that_do_not_run_the_model_are_named():
     with pytest.raises(ValueError, match="does not run on example_inputs"):
-        sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 7))
+        to_sparse_runtime(_sparse_linear(8, 8, 0.9), torch.randn(2, 7))
 
 
 @needs_kernels
 def test_a_runtime_model_saves_as_the_dense_layers_it_computes(tmp_path):
-    """pk.save of a sparse_runtime model wrote a file that no model could load."""
+    """pk.save of a to_sparse_runtime model wrote a file that no model could load."""
     model = nn.Sequential(_sparse_linear(64, 32, 0.9), nn.ReLU(), _sparse_linear(8, 64, 0.9, seed=1)).eval()
-    fast = sparse_runtime(model)  # unmeasured: every candidate runs sparse
+    fast, _ = to_sparse_runtime(model)  # unmeasured: every candidate runs sparse
     assert isinstance(fast[0], SparseLinear)
     pk.save(fast, tmp_path / "fast.pk")
     fresh = pk.load(tmp_path / "fast.pk", nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)))

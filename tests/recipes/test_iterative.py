@@ -38,7 +38,7 @@ def test_iterative_pruning_reaches_the_target_and_keeps_accuracy():
     sgd_cosine(train, epochs=8, lr=0.1)(model)
     dense = accuracy(model, test)
     history = iterative_pruning(model, sgd_cosine(train, epochs=2, lr=0.05), lambda m: accuracy(m, test),
-                                target=0.9, rounds=4, progress=False)
+                                sparsity=0.9, rounds=4, progress=False)
     assert len(history) == 5 and history.rows[0]["metric"] == pytest.approx(dense)
     sparsities = [r["sparsity"] for r in history.rows]
     assert sparsities == sorted(sparsities)

@@ -21,7 +21,7 @@ def test_ticket_rewinds_survivors_to_init_and_prunes_geometrically():
             rewound.update({"0.weight": m[0].parametrizations.weight.original.detach().clone()})
         sgd_cosine(train, epochs=3, lr=0.1)(m, max_steps=max_steps)
 
-    res = lottery_ticket(model, train_fn, lambda m: accuracy(m, test), rate=0.5, rounds=3, output_rate=0.25,
+    res = lottery_ticket(model, train_fn, lambda m: accuracy(m, test), sparsity=1 - 0.5**3, rounds=3, output_sparsity=1 - 0.75**3,
                          control=True, progress=False)
     assert torch.equal(rewound["0.weight"], init["0.weight"])
     rows = res.history.rows
@@ -42,7 +42,7 @@ def test_ticket_rewinds_survivors_to_init_and_prunes_geometrically():
 def test_late_rewinding_uses_the_weights_after_k_steps():
     train, test = digits()
     model = mlp()
-    res = lottery_ticket(model, sgd_cosine(train, epochs=1, lr=0.1), lambda m: accuracy(m, test), rate=0.3,
+    res = lottery_ticket(model, sgd_cosine(train, epochs=1, lr=0.1), lambda m: accuracy(m, test), sparsity=0.3,
                          rounds=1, rewind_step=5, progress=False)
     reference = mlp()
     sgd_cosine(train, epochs=1, lr=0.1)(reference, max_steps=5)
@@ -51,8 +51,8 @@ def test_late_rewinding_uses_the_weights_after_k_steps():
 
 def test_bad_arguments():
     model = mlp()
-    with pytest.raises(ValueError, match="rate=1.5"):
-        lottery_ticket(model, lambda m: None, lambda m: 0.0, rate=1.5)
+    with pytest.raises(ValueError, match="sparsity=1.5"):
+        lottery_ticket(model, lambda m: None, lambda m: 0.0, sparsity=1.5)
     with pytest.raises(TypeError, match="max_steps"):
         lottery_ticket(model, lambda m: None, lambda m: 0.0, rewind_step=3)
     with pytest.raises(ValueError, match="output_layer='fc'"):

@@ -120,8 +120,9 @@ def test_model_without_blocks_falls_back_to_whole_model_with_a_warning():
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        ({"calibration": []}, ValueError, "calibration is empty"),
-        ({"calibration": [torch.randn(2, 16)]}, ValueError, "calibration batch 0 does not run the model"),
+        ({"data": []}, ValueError, "data is empty"),
+        ({"data": None}, ValueError, "needs data=<calibration batches>"),
+        ({"data": [torch.randn(2, 16)]}, ValueError, "calibration batch 0 does not run the model"),
         ({"sparsity": 1.0}, ValueError, "sparsity=1.0 is outside"),
         ({"method": "obs"}, ValueError, "method='obs' is unknown"),
         ({"pattern": "block:1x4"}, ValueError, "'unstructured' and 'N:M'"),
@@ -132,7 +133,7 @@ def test_model_without_blocks_falls_back_to_whole_model_with_a_warning():
 def test_bad_input_changes_nothing(kwargs, error, words):
     model = llama()
     before = snapshot(model)
-    args = {"calibration": calibration(), "method": "sparsegpt", "sparsity": 0.5, **kwargs}
+    args = {"data": calibration(), "method": "sparsegpt", "sparsity": 0.5, **kwargs}
     with pytest.raises(error, match=words):
         oneshot(model, **args)
     assert_unchanged(model, before)

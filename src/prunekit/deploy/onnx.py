@@ -22,8 +22,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from prunekit._compat import old_kwargs
 from prunekit._io import atomic_path, check_output_path
 from prunekit.deploy.layers import dense_equivalent
+from prunekit.inputs import modes, split
 from prunekit.masks import finalize, masks
 
 __all__ = ["export_onnx", "ExportInfo", "count_onnx_weights", "count_int8_weights"]
@@ -70,14 +72,6 @@ def count_int8_weights(path: str) -> int:
                if len(i.dims) >= 2 and i.data_type in (TensorProto.INT8, TensorProto.UINT8))
 
 
-def _inputs(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, tuple):
-        return example_inputs
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    return (example_inputs,)
-
-
 def _outputs(out: Any) -> tuple[list[str], list[int]]:
     """Graph output names and ranks for a model's output: a dict's (or ModelOutput's) keys, else
     ``output``, ``output_1``, ... in the exporter's flattening order."""
@@ -118,24 +112,26 @@ def export_onnx(
     example_inputs: Any,
     path: str | os.PathLike,
     quantize: str | None = None,
-    calibration: Iterable[Any] | None = None,
+    data: Iterable[Any] | None = None,
     opset: int = 17,
     input_names: list[str] | None = None,
     dynamic_batch: bool = True,
+    **deprecated,
 ) -> ExportInfo:
     """Export ``model`` to ONNX at ``path``, optionally quantized to int8.
 
     Args:
         model: the model; not changed (with live masks a finalized copy is exported, with a warning;
-            a ``sparse_runtime`` model is exported as the dense layers it computes).
-        example_inputs: a tensor, a tuple of positional tensors, or a dict of keyword tensors (their
-            keys become the graph's input names).
+            a ``to_sparse_runtime`` model is exported as the dense layers it computes).
+        example_inputs: one input (see :mod:`prunekit.inputs`): a tensor, a tuple of positional
+            tensors, or a dict of keyword tensors (their keys become the graph's input names).
         path: output ``.onnx`` file; written only when the export succeeds.
         quantize: None (the model's own dtype), ``"int8"`` (dynamic: int8 weights, activations
-            quantized at run time) or ``"int8-static"`` (activations calibrated on ``calibration``).
+            quantized at run time) or ``"int8-static"`` (activations calibrated on ``data``).
             ONNX Runtime quantizes float32 graphs, so a float16/bfloat16/float64 model is exported
             as a float32 copy first (with a warning).
-        calibration: inputs (like ``example_inputs``) for ``"int8-static"``.
+        data: calibration inputs, each like ``example_inputs``, for ``"int8-static"``
+            (``calibration=`` is its deprecated name).
         opset: ONNX opset (13-14 for DeepSparse 1.8).
         input_names: names of the graph inputs (default: the dict's keys, or ``input_0``, ...).
         dynamic_batch: make dim 0 of every input dynamic.
@@ -144,8 +140,8 @@ def export_onnx(
         :class:`ExportInfo` with the size and the zeros counted in the file.
 
     Raises:
-        ValueError: unknown ``quantize``, ``"int8-static"`` without calibration, int8 kernels from
-            ``sparse_runtime(int8=True)``, or an int8 export in which no weight was quantized. No
+        ValueError: unknown ``quantize``, ``"int8-static"`` without ``data``, int8 kernels from
+            ``to_sparse_runtime(int8=True)``, or an int8 export in which no weight was quantized. No
             file is written then.
 
     Example:
@@ -155,8 +151,9 @@ def export_onnx(
     """
     if quantize not in (None, "int8", "int8-static"):
         raise ValueError(f"quantize={quantize!r} is unknown; use None, 'int8' or 'int8-static'")
-    if quantize == "int8-static" and calibration is None:
-        raise ValueError("quantize='int8-static' needs calibration=<a few example inputs>")
+    data = old_kwargs("export_onnx", deprecated, {"calibration": "data"}).get("data", data)
+    if quantize == "int8-static" and data is None:
+        raise ValueError("quantize='int8-static' needs data=<a few example inputs> to calibrate activations")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 25:
@@ -174,75 +171,71 @@ def export_onnx(
                           "quantizes float32 graphs, so a float32 copy is exported and quantized", stacklevel=2)
             model = copy.deepcopy(model).float()
             example_inputs = _float32(example_inputs)
-            calibration = None if calibration is None else [_float32(c) for c in calibration]
-    flags = {m: m.training for m in model.modules()}  # restored afterwards, module by module
-    if isinstance(example_inputs, dict):
+            data = None if data is None else [_float32(c) for c in data]
+    args, kwargs = split(example_inputs)
+    if kwargs:
         # keyword inputs as positional graph inputs: the exporter binds keywords to the model's signature,
         # which breaks models whose forward is wrapped (Hugging Face passes use_cache itself)
-        keys = list(example_inputs)
-        model, args = _Keywords(model, keys), tuple(example_inputs.values())
+        keys = list(kwargs)
+        model, args = _Keywords(model, keys), tuple(kwargs.values())
         names = input_names or keys
     else:
-        args = _inputs(example_inputs)
         names = input_names or [f"input_{i}" for i in range(len(args))]
-    model.eval()
-    try:
-        with torch.no_grad():
-            outputs = model(*args)
-    except Exception as e:
-        for m, flag in flags.items():
-            m.training = flag
-        raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
-    output_names, ranks = _outputs(outputs)
-    axes = None
-    if dynamic_batch:  # batch everywhere; the sequence too where inputs are token ids (integer, 2+ dims)
-        sequence = any(not a.is_floating_point() and a.dim() >= 2 for a in args if isinstance(a, torch.Tensor))
-        axes = {n: {0: "batch", **({1: "sequence"} if sequence and not a.is_floating_point() and a.dim() >= 2 else {})}
-                for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.dim() >= 1}
-        axes.update({n: {0: "batch", **({1: "sequence"} if sequence and r >= 3 else {})}
-                     for n, r in zip(output_names, ranks) if r >= 1})
-    mha = getattr(torch.backends, "mha", None)
-    switch = hasattr(mha, "set_fastpath_enabled")
-    fastpath = mha.get_fastpath_enabled() if switch else None
-    with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as scratch, atomic_path(path, "path") as out:
-        target = out if quantize is None else os.path.join(scratch, "fp32.onnx")
+    with modes(model):  # eval for the export; every module's own mode comes back afterwards
         try:
-            if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
-                mha.set_fastpath_enabled(False)
             with torch.no_grad():
-                torch.onnx.export(model, args, target, input_names=names, output_names=output_names,
-                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
-        finally:
-            if switch:
-                mha.set_fastpath_enabled(fastpath)
-            for m, flag in flags.items():
-                m.training = flag
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+                outputs = model(*args)
+        except Exception as e:
+            raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+        output_names, ranks = _outputs(outputs)
+        axes = None
+        if dynamic_batch:  # batch everywhere; the sequence too where inputs are token ids (integer, 2+ dims)
+            sequence = any(not a.is_floating_point() and a.dim() >= 2 for a in args if isinstance(a, torch.Tensor))
+            axes = {n: {0: "batch", **({1: "sequence"} if sequence and not a.is_floating_point() and a.dim() >= 2 else {})}
+                    for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.dim() >= 1}
+            axes.update({n: {0: "batch", **({1: "sequence"} if sequence and r >= 3 else {})}
+                         for n, r in zip(output_names, ranks) if r >= 1})
+        mha = getattr(torch.backends, "mha", None)
+        switch = hasattr(mha, "set_fastpath_enabled")
+        fastpath = mha.get_fastpath_enabled() if switch else None
+        with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as scratch, atomic_path(path, "path") as out:
+            target = out if quantize is None else os.path.join(scratch, "fp32.onnx")
+            try:
+                if switch:  # nn.MultiheadAttention's eval fast path is one fused op the ONNX exporter cannot write
+                    mha.set_fastpath_enabled(False)
+                with torch.no_grad():
+                    torch.onnx.export(model, args, target, input_names=names, output_names=output_names,
+                                      dynamic_axes=axes, opset_version=opset, dynamo=False)
+            finally:
+                if switch:
+                    mha.set_fastpath_enabled(fastpath)
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(target, out, weight_type=QuantType.QInt8)
-        elif quantize == "int8-static":
-            _quantize_static(target, out, names, calibration)
-        if quantize is not None and count_int8_weights(out) == 0:
-            raise ValueError(f"quantize={quantize!r} quantized no weight of this model (ONNX Runtime quantizes "
-                             "MatMul/Gemm/Conv weights); no file was written. Export without quantize")
-        weights, nonzeros = count_onnx_weights(out)
+                quantize_dynamic(target, out, weight_type=QuantType.QInt8)
+            elif quantize == "int8-static":
+                _quantize_static(target, out, names, data)
+            if quantize is not None and count_int8_weights(out) == 0:
+                raise ValueError(f"quantize={quantize!r} quantized no weight of this model (ONNX Runtime quantizes "
+                                 "MatMul/Gemm/Conv weights); no file was written. Export without quantize")
+            weights, nonzeros = count_onnx_weights(out)
     return ExportInfo(path, os.path.getsize(path), weights, nonzeros, quantize)
 
 
-def _quantize_static(src: str, dst: str, names: list[str], calibration: Iterable[Any]) -> None:
+def _quantize_static(src: str, dst: str, names: list[str], data: Iterable[Any]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(calibration)
+            self.it = iter(data)
 
         def get_next(self):
             batch = next(self.it, None)
             if batch is None:
                 return None
-            values = batch.values() if isinstance(batch, dict) else _inputs(batch)
+            args, kwargs = split(batch)
+            values = kwargs.values() if kwargs else args
             return {n: t.numpy() for n, t in zip(names, values)}
 
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,

@@ -20,18 +20,19 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from prunekit._checks import fraction, integer
-from prunekit.bench import _call
+from prunekit._progress import progress as progress_bar
+from prunekit.inputs import call, modes, threads as threads_in_use
 from prunekit.deploy.kernels import load
 from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
 from prunekit.masks import finalize, masks
 
-__all__ = ["sparse_runtime", "RuntimeReport", "semi_structured"]
+__all__ = ["to_sparse_runtime", "Runtime", "RuntimeReport", "semi_structured", "dynamic_int8", "sparse_runtime"]
 
 
 @dataclass
@@ -68,50 +69,81 @@ def _time(fn, x, reps: int = 5) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def sparse_runtime(
+class Runtime(NamedTuple):
+    """What :func:`to_sparse_runtime` returns: the new ``model`` and its :class:`RuntimeReport`."""
+
+    model: nn.Module
+    report: RuntimeReport
+
+
+def to_sparse_runtime(
     model: nn.Module,
     example_inputs: Any = None,
     min_sparsity: float = 0.5,
-    rounds: int = 7,
+    repeats: int = 7,
     threads: int | None = None,
-    inplace: bool = False,
     int8: bool = False,
-) -> nn.Module:
-    """Return ``model`` with sparse Linear/Conv2d layers re-bound to CSR kernels where they measure faster.
+    progress: bool = False,
+) -> Runtime:
+    """A copy of ``model`` with sparse Linear/Conv2d layers re-bound to CSR kernels where they measure faster.
+
+    ``model`` itself is not changed (``to_*`` functions return a new model; prunekit's verbs such as
+    :func:`prunekit.prune` change the model they are given).
 
     Args:
-        model: a pruned model (live masks are baked into the copy it works on).
-        example_inputs: inputs for one forward pass (tensor, tuple or dict); each layer is timed at the
-            shape it sees there. Without them every candidate runs sparse, unmeasured.
+        model: a pruned model (live masks are baked into the copy).
+        example_inputs: one input (see :mod:`prunekit.inputs`); each layer is timed at the shape it sees
+            there. Without it every candidate runs sparse, unmeasured.
         min_sparsity: layers with fewer zeros stay dense without being timed.
-        rounds: timing rounds per layer (dense and sparse interleaved, median).
+        repeats: timed blocks per layer (dense and sparse interleaved, median).
         threads: ``torch.set_num_threads`` during the measurement (use what you will deploy with).
-        inplace: change ``model`` itself instead of a copy (its masks are baked in first; if a layer
-            fails, every layer already swapped is put back before the error propagates).
         int8: also try PyTorch's dynamic int8 Linear (fbgemm) for every float32 Linear and, for sparse
             layers on CPUs with AVX-512 VNNI, prunekit's sparse int8 kernel (:class:`SparseLinearInt8`;
             fastest on ``block:1x4`` weights), and keep whichever measures fastest. Lossy (about 1-2%
             relative error per layer); zeros stay zero.
+        progress: show a progress bar over the layers being timed.
 
     Returns:
-        the model (a copy unless ``inplace``) with ``runtime_report`` (:class:`RuntimeReport`).
+        :class:`Runtime` ``(model, report)``: the new model and a :class:`RuntimeReport` saying, per
+        layer, what runs sparse and why.
 
     Example:
-        >>> fast = prunekit.deploy.sparse_runtime(pruned, tokens, threads=2)
-        >>> print(fast.runtime_report)
+        >>> fast, report = prunekit.deploy.to_sparse_runtime(pruned, tokens, threads=2)
+        >>> print(report)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    min_sparsity = fraction(min_sparsity, "min_sparsity")
-    integer(rounds, "rounds", 1)
-    if threads is not None:
-        integer(threads, "threads", 1)
+    model = copy.deepcopy(model)
+    report = _rebind(model, example_inputs, min_sparsity, repeats, threads, int8, progress, stacklevel=3)
+    return Runtime(model, report)
+
+
+def sparse_runtime(model: nn.Module, example_inputs: Any = None, min_sparsity: float = 0.5, rounds: int = 7,
+                   threads: int | None = None, inplace: bool = False, int8: bool = False) -> nn.Module:
+    """Deprecated (goes in prunekit 0.3): use :func:`to_sparse_runtime`, which returns ``(model, report)``.
+
+    Returns the model (a copy unless ``inplace``) with the report as ``model.runtime_report``.
+    """
+    warnings.warn("sparse_runtime() is deprecated and goes in prunekit 0.3; use "
+                  "fast, report = prunekit.deploy.to_sparse_runtime(model, example_inputs, repeats=..., ...)",
+                  DeprecationWarning, stacklevel=2)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    model.runtime_report = _rebind(model, example_inputs, min_sparsity, rounds, threads, int8, False, stacklevel=3)
+    return model
+
+
+def _rebind(model, example_inputs, min_sparsity, repeats, threads, int8, progress, stacklevel) -> RuntimeReport:
+    """Swap layers of ``model`` in place (all-or-nothing) and return the report."""
+    min_sparsity = fraction(min_sparsity, "min_sparsity")
+    integer(repeats, "repeats", 1)
+    if threads is not None:
+        integer(threads, "threads", 1)
     if masks(model):
         finalize(model)
     report = RuntimeReport()
-    model.runtime_report = report
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
     candidates = []
     for name, m in layers:
@@ -131,17 +163,16 @@ def sparse_runtime(
             candidates.append((name, m, row))
     if not any(r["sparsity"] >= min_sparsity for _, _, r in candidates) and not int8:
         warnings.warn(f"no Linear or Conv2d layer has >= {min_sparsity:.0%} zeros: the model is returned unchanged",
-                      stacklevel=2)
-        return model
+                      stacklevel=stacklevel)
+        return report
     kernels = load()
     shapes = _input_shapes(model, example_inputs, [(n, m) for n, m, _ in candidates]) if example_inputs is not None else {}
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     swapped: list[tuple[nn.Module, str, nn.Module]] = []  # undone if a later layer fails
+    bar = progress_bar(total=len(candidates), desc="sparse runtime", unit="layer", enabled=progress)
     try:
-        with torch.no_grad():
+        with threads_in_use(threads), torch.no_grad():
             for name, m, row in candidates:
+                bar.update(1)
                 options = {}
                 if row["sparsity"] >= min_sparsity:
                     if kernels is None:
@@ -156,7 +187,7 @@ def sparse_runtime(
                         if int8 and kernels.has_vnni():
                             options["sparse_int8"] = SparseLinearInt8(m, kernels)
                 if int8 and type(m) is nn.Linear:
-                    quantized = _dynamic_int8(m)
+                    quantized = dynamic_int8(m)
                     if quantized is not None:
                         options["int8"] = quantized
                 if not options:
@@ -175,7 +206,7 @@ def sparse_runtime(
                     for fn in fns.values():  # warm-up
                         fn(x)
                     samples = {k: [] for k in fns}
-                    for _ in range(rounds):
+                    for _ in range(repeats):
                         for k, fn in fns.items():
                             samples[k].append(_time(fn, x))
                     times = {k: statistics.median(v) for k, v in samples.items()}
@@ -196,16 +227,21 @@ def sparse_runtime(
             setattr(parent, attr, m)
         raise
     finally:
-        torch.set_num_threads(old_threads)
-    return model
+        bar.close()
+    return report
 
 
-def _dynamic_int8(linear: nn.Linear) -> nn.Module | None:
-    """PyTorch's dynamic int8 Linear (fbgemm) for ``linear``, or None where this torch lacks it."""
+def dynamic_int8(module: nn.Module) -> nn.Module | None:
+    """A copy of ``module`` whose Linear layers (or itself, if it is one) are PyTorch's dynamic int8
+    Linear (fbgemm); None where this torch lacks it. ``module`` is not changed.
+
+    Example:
+        >>> q = prunekit.deploy.dynamic_int8(model)   # what int8 without prunekit's kernels gives
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated, still shipped
-            return torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
+            return torch.ao.quantization.quantize_dynamic(nn.Sequential(module), {nn.Linear}, dtype=torch.qint8)[0]
     except (AttributeError, ImportError, RuntimeError):
         return None
 
@@ -222,8 +258,8 @@ def _input_shapes(model: nn.Module, example_inputs: Any, modules: list[tuple[str
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in modules]
     try:
-        with torch.no_grad():
-            _call(model.eval(), example_inputs)
+        with modes(model), torch.no_grad():
+            call(model, example_inputs)
     except Exception as e:
         raise ValueError(f"the model does not run on example_inputs: {type(e).__name__}: "
                          f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e

@@ -7,6 +7,7 @@ from typing import Callable
 
 from torch import nn
 
+from prunekit._compat import old_kwargs
 from prunekit._progress import progress as progress_bar
 from prunekit.criteria import CriterionLike
 from prunekit.patterns import Pattern
@@ -22,7 +23,7 @@ def iterative_pruning(
     model: nn.Module,
     train_fn: Callable[[nn.Module], None],
     eval_fn: Callable[[nn.Module], float],
-    target: float = 0.9,
+    sparsity: float = 0.9,
     rounds: int = 10,
     criterion: CriterionLike = "magnitude",
     pattern: str | Pattern = "unstructured",
@@ -30,10 +31,11 @@ def iterative_pruning(
     include: Selector = None,
     exclude: Selector = None,
     progress: bool = True,
+    **deprecated,
 ) -> History:
-    """Reach ``target`` sparsity in ``rounds`` prune/fine-tune rounds.
+    """Reach ``sparsity`` in ``rounds`` prune/fine-tune rounds (``target=`` is its deprecated name).
 
-    Round ``k`` prunes to ``1 - (1 - target) ** (k / rounds)`` (each round removes the same fraction
+    Round ``k`` prunes to ``1 - (1 - sparsity) ** (k / rounds)`` (each round removes the same fraction
     of what is left), then calls ``train_fn(model)`` (masks hold, zeros stay zero) and
     ``eval_fn(model)``. Use :func:`prunekit.recipes.sgd_cosine` for the classic SGD + cosine fine-tune.
 
@@ -44,10 +46,11 @@ def iterative_pruning(
         ``metric`` (what ``eval_fn`` returned) and ``seconds``.
 
     Example:
-        >>> hist = prunekit.recipes.iterative_pruning(model, sgd_cosine(loader), evaluate, target=0.9, rounds=5)
+        >>> hist = prunekit.recipes.iterative_pruning(model, sgd_cosine(loader), evaluate, sparsity=0.9, rounds=5)
         >>> print(hist)
     """
-    schedule = Geometric(target, rounds)  # validates target and rounds
+    sparsity = old_kwargs("iterative_pruning", deprecated, {"target": "sparsity"}).get("sparsity", sparsity)
+    schedule = Geometric(sparsity, rounds)  # validates sparsity and rounds
     if not callable(train_fn) or not callable(eval_fn):
         raise TypeError("train_fn(model) and eval_fn(model) -> float must be callables")
     history = History()

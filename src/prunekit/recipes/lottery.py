@@ -16,11 +16,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from prunekit._checks import fraction, integer
+from prunekit._compat import old_kwargs
 from prunekit._progress import progress as progress_bar
 from prunekit.masks import masks
 from prunekit.pruning import prune
 from prunekit.recipes.history import History
-from prunekit._checks import fraction, integer
 from prunekit.targets import Selector, find_targets, param_index
 
 __all__ = ["lottery_ticket", "LotteryResult"]
@@ -76,21 +77,37 @@ def _reinitialized(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     raise RuntimeError("could not draw a re-initialization different from the model's own")
 
 
+def _per_round(sparsity, rate, rounds: int, name: str, old_name: str, default):
+    """The fraction of what is left pruned each round, from a final ``sparsity`` or an old per-round ``rate``."""
+    if sparsity is not None and rate is not None:
+        raise TypeError(f"lottery_ticket() got both {name}= and the deprecated {old_name}=; pass only {name}=")
+    if rate is not None:
+        rate = fraction(rate, old_name)
+    elif sparsity is not None:
+        rate = 1 - (1 - fraction(sparsity, name)) ** (1 / rounds)
+    else:
+        return default
+    if rate == 0:
+        raise ValueError(f"{name}=0 prunes nothing; use e.g. {name}=0.9")
+    return rate
+
+
 def lottery_ticket(
     model: nn.Module,
     train_fn: Callable[..., None],
     eval_fn: Callable[[nn.Module], float],
-    rate: float = 0.2,
+    sparsity: float | None = None,
     rounds: int = 5,
     rewind_step: int = 0,
     scope: str = "global",
-    output_rate: float | None = None,
+    output_sparsity: float | None = None,
     output_layer: str | None = None,
     include: Selector = None,
     exclude: Selector = None,
     control: bool = False,
     seed: int = 0,
     progress: bool = True,
+    **deprecated,
 ) -> LotteryResult:
     """Find a winning ticket by iterative magnitude pruning with rewinding.
 
@@ -99,11 +116,15 @@ def lottery_ticket(
         train_fn: ``train_fn(model)`` trains in place; with ``rewind_step > 0`` it must also accept
             ``max_steps=k`` (see :func:`prunekit.recipes.sgd_cosine`).
         eval_fn: ``eval_fn(model) -> float``.
-        rate: fraction of the *remaining* weights pruned each round (after round r, ``1-(1-rate)^r``).
+        sparsity: the fraction pruned after the last round; each round removes the same fraction of
+            what is left, ``1 - (1 - sparsity) ** (1 / rounds)``. None: 20% of what is left per round
+            (the paper's rate), ending at ``1 - 0.8 ** rounds``. (``rate=``, the per-round fraction, is
+            deprecated.)
         rounds: pruning rounds.
         rewind_step: 0 rewinds to initialization; k > 0 trains k steps first and rewinds there.
         scope: ``"global"`` or ``"layer"`` ranking.
-        output_rate: a separate per-round rate for ``output_layer`` (the paper uses ``rate / 2``).
+        output_sparsity: a separate final sparsity for ``output_layer`` (the paper prunes it at half
+            the per-round rate). (``output_rate=``, per round, is deprecated.)
         output_layer: module name (glob) of the output layer; default: the last targeted layer.
         include, exclude: which weights (as for ``prunekit.prune``).
         control: also retrain each round's mask from a fresh random initialization (the control):
@@ -117,12 +138,11 @@ def lottery_ticket(
         >>> res = prunekit.recipes.lottery_ticket(model, sgd_cosine(loader, epochs=5), evaluate, rounds=8, control=True)
         >>> print(res.history)
     """
-    rate = fraction(rate, "rate")
-    if rate == 0:
-        raise ValueError("rate=0 prunes nothing; use e.g. rate=0.2")
-    if output_rate is not None:
-        output_rate = fraction(output_rate, "output_rate")
+    old = dict(deprecated)  # per-round rates: converted below, once rounds is known
+    old_kwargs("lottery_ticket", deprecated, {"rate": "sparsity", "output_rate": "output_sparsity"})
     rounds = integer(rounds, "rounds", 1)
+    rate = _per_round(sparsity, old.get("rate"), rounds, "sparsity", "rate", 0.2)
+    output_rate = _per_round(output_sparsity, old.get("output_rate"), rounds, "output_sparsity", "output_rate", None)
     rewind_step = integer(rewind_step, "rewind_step", 0)
     if rewind_step and "max_steps" not in inspect.signature(train_fn).parameters:
         raise TypeError("rewind_step > 0 needs train_fn(model, max_steps=k); see prunekit.recipes.sgd_cosine")

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from prunekit._checks import fraction
-from prunekit._data import InputStats, eval_mode, forward_batch
+from prunekit._compat import old_kwargs
+from prunekit._progress import progress as progress_bar
+from prunekit._stats import InputStats
+from prunekit.inputs import forward, modes, threads as threads_in_use
 from prunekit.masks import Undo, attach, find_mask
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.pruning import prune
@@ -143,10 +147,23 @@ def sparsegpt_prune(
     return W.masked_fill(~keep, 0.0).to(weight.dtype), keep
 
 
-def _prune_layers(targets: list[Target], stats: dict[int, InputStats], method: str, s: float, pattern, blocksize, percdamp,
-                  undo: Undo):
+@dataclass
+class _Job:
+    """What every block is pruned with, and what a failure must undo."""
+
+    method: str
+    sparsity: float
+    pattern: Any
+    blocksize: int
+    percdamp: float
+    undo: Undo
+    bar: Any
+
+
+def _prune_layers(targets: list[Target], stats: dict[int, InputStats], job: _Job):
+    method, s, pattern, blocksize, percdamp = job.method, job.sparsity, job.pattern, job.blocksize, job.percdamp
     for t in targets:
-        undo.touch(t)
+        job.undo.touch(t)
         st = stats[id(t)]
         pm = find_mask(t.module, t.name)
         old = None if pm is None else pm.mask.cpu()
@@ -174,7 +191,7 @@ def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tu
 
 def oneshot(
     model: nn.Module,
-    calibration: Iterable[Any],
+    data: Iterable[Any] = None,
     method: str = "sparsegpt",
     sparsity: float | None = 0.5,
     pattern: str = "unstructured",
@@ -182,6 +199,9 @@ def oneshot(
     exclude: Selector = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    progress: bool = False,
+    threads: int | None = None,
+    **deprecated,
 ) -> SparsityReport:
     """Prune a pretrained model in one shot from calibration inputs (no retraining).
 
@@ -191,22 +211,26 @@ def oneshot(
 
     Args:
         model: e.g. a Hugging Face ``BertModel`` or ``LlamaForCausalLM``.
-        calibration: model inputs: tensors (``model(x)``) or dicts of tensors (``model(**batch)``),
-            e.g. a few hundred tokenized sentences in batches.
+        data: calibration batches, each one input (see :mod:`prunekit.inputs`): tensors
+            (``model(x)``) or dicts of tensors (``model(**batch)``), e.g. a few hundred tokenized
+            sentences in batches (``calibration=`` is its deprecated name). Not needed for ``"magnitude"``.
         method: ``"sparsegpt"``, ``"wanda"`` or ``"magnitude"`` (per-layer, no data needed).
         sparsity: fraction of each layer's weights to prune, in [0, 1); optional for ``"N:M"``.
         pattern: ``"unstructured"`` or ``"N:M"`` (``"2:4"``, ``"4:8"``) along the input dimension.
         include, exclude: narrow the layers (as for ``prunekit.prune``).
         blocksize: SparseGPT's lazy-update block width.
         percdamp: SparseGPT's damping, relative to the mean of the Hessian's diagonal.
+        progress: show a progress bar over the blocks.
+        threads: ``torch.set_num_threads`` while pruning (restored afterwards); None keeps the current.
 
     Returns:
-        :class:`prunekit.SparsityReport` of the model afterwards.
+        :class:`prunekit.SparsityReport` of the model afterwards (``seconds``: time taken).
 
     Example:
         >>> batches = [tokenizer(texts[i:i + 16], padding=True, return_tensors="pt") for i in range(0, 128, 16)]
         >>> prunekit.recipes.oneshot(model, batches, method="sparsegpt", sparsity=0.5)
     """
+    data = old_kwargs("oneshot", deprecated, {"calibration": "data"}).get("data", data)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
     pat = get_pattern(pattern)
@@ -235,23 +259,30 @@ def oneshot(
         fqns = [t.fqn for t in targets]
         return prune(model, sparsity if pat.fixed_sparsity is None else None, pattern=pat, scope="layer",
                      include=lambda m, f, names=set(fqns): f"{f}.weight" in names)
-    batches = list(calibration)
+    if data is None:
+        raise ValueError(f"method={method!r} needs data=<calibration batches>, e.g. 8 batches of 16 tokenized "
+                         "sentences (method='magnitude' needs none)")
+    batches = list(data)
     if not batches:
-        raise ValueError("calibration is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
+        raise ValueError("data is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
 
     started = time.perf_counter()
-    undo = Undo()  # all-or-nothing: a failure in a later block puts the earlier ones back
+    bar = progress_bar(total=1 if blocks is None else len(blocks[1]), desc=f"oneshot {method}", unit="block",
+                       enabled=progress)
+    job = _Job(method, sparsity, pat, blocksize, percdamp, Undo(), bar)  # Undo: a failure puts every block back
     try:
-        with eval_mode(model), torch.no_grad():
+        with threads_in_use(threads), modes(model), torch.no_grad():
             if blocks is None:
                 warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from "
                               "one pass of the whole model, all layers pruned together", stacklevel=2)
-                _whole_model(model, batches, targets, method, sparsity, pat, blocksize, percdamp, undo)
+                _whole_model(model, batches, targets, job)
             else:
-                _sequential(model, blocks[1], batches, targets, method, sparsity, pat, blocksize, percdamp, undo)
+                _sequential(model, blocks[1], batches, targets, job)
     except BaseException:
-        undo.restore()
+        job.undo.restore()
         raise
+    finally:
+        bar.close()
     report = sparsity_report(model)
     report.seconds = time.perf_counter() - started
     return report
@@ -259,25 +290,26 @@ def oneshot(
 
 def _run(model, batch, i):
     try:
-        forward_batch(model, batch)
+        forward(model, batch)
     except _Stop:
         raise
     except Exception as e:
         raise ValueError(f"calibration batch {i} does not run the model: {type(e).__name__}: {e}") from e
 
 
-def _whole_model(model, batches, targets, method, s, pat, blocksize, percdamp, undo):
-    stats = {id(t): InputStats(t.module, method == "sparsegpt") for t in targets}
+def _whole_model(model, batches, targets, job: _Job):
+    stats = {id(t): InputStats(t.module, job.method == "sparsegpt") for t in targets}
     try:
         for i, batch in enumerate(batches):
             _run(model, batch, i)
     finally:
         for st in stats.values():
             st.remove()
-    _prune_layers(targets, stats, method, s, pat, blocksize, percdamp, undo)
+    _prune_layers(targets, stats, job)
+    job.bar.update(1)
 
 
-def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, blocksize, percdamp, undo):
+def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
     captured: list[tuple[tuple, dict]] = []
 
     def catch(module, args, kwargs):
@@ -298,15 +330,16 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, method, s, pat, 
     for block in blocks:
         inside = {id(m) for m in block.modules()}
         mine = [t for t in targets if id(t.module) in inside]
-        stats = {id(t): InputStats(t.module, method == "sparsegpt") for t in mine}
+        stats = {id(t): InputStats(t.module, job.method == "sparsegpt") for t in mine}
         try:
             for args, kwargs in captured:
                 block(*args, **kwargs)
         finally:
             for st in stats.values():
                 st.remove()
-        _prune_layers(mine, stats, method, s, pat, blocksize, percdamp, undo)
+        _prune_layers(mine, stats, job)
         del stats
+        job.bar.update(1)
         nxt = []
         for args, kwargs in captured:
             out = block(*args, **kwargs)

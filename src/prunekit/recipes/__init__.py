@@ -12,6 +12,7 @@ from prunekit.recipes.iterative import iterative_pruning
 from prunekit.recipes.lottery import LotteryResult, lottery_ticket
 from prunekit.recipes.oneshot import oneshot
 from prunekit.recipes.recipe import Recipe
+from prunekit.recipes.recover import RecoveryResult, recover
 from prunekit.recipes.training import sgd_cosine
 
-__all__ = ["iterative_pruning", "lottery_ticket", "oneshot", "LotteryResult", "Recipe", "History", "sgd_cosine"]
+__all__ = ["iterative_pruning", "lottery_ticket", "oneshot", "recover", "RecoveryResult", "LotteryResult", "Recipe", "History", "sgd_cosine"]

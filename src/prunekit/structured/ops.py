@@ -1,13 +1,27 @@
-"""What the channel trace knows about torch functions: which ones keep, combine, move or reduce
-channels (by name), and small helpers on label tensors shared by the trace and its rules.
+"""What the channel trace knows about torch functions, by the function object: :data:`OPS` maps each
+object a ``TorchFunctionMode`` receives (``torch.cat``, ``torch.Tensor.view``, ``torch.Tensor.__radd__``,
+the getter of ``Tensor.T``...) to an :class:`Op`, the family of rule that follows it (keep, combine,
+move or reduce channels, or a rule of its own) and the name it is known by. Also small helpers on
+label tensors shared by the trace and its rules.
+
+The tables name torch's API. :func:`functions` finds the objects that carry a name, once, at import:
+every callable of ``torch``, ``torch.nn.functional``, ``torch._C._nn``, ``torch._C._VariableFunctions``,
+``torch.nn.init`` and ``torch.Tensor`` (and the getter of each ``Tensor`` property) is indexed by its own ``__name__``, and a name reaches its
+spellings with leading or trailing underscores (``relu_``, ``__getitem__``, ``_softmax``) and, for
+arithmetic, the reflected and in-place operators (``__radd__``, ``__iadd__``). A function that is in
+none of the tables is one the trace cannot follow: what it touches is pinned.
 """
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 __all__ = ["FIXED", "FREE", "IDENTITY", "ELEMENTWISE", "INDEX", "SPLITTING", "REDUCE", "ALONG_DIM", "SPATIAL",
-           "IGNORE", "op_name", "compact", "varying_dims", "split_dims"]
+           "IGNORE", "RULED", "ARITHMETIC", "Op", "OPS", "functions", "describe", "nameless", "compact", "varying_dims",
+           "split_dims"]
 
 FIXED = 0  # the slot every pinned slot joins
 FREE = -1  # element with no channel identity (padding)
@@ -57,18 +71,94 @@ IGNORE = {"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point
            "is_set_to", "is_same_size", "is_signed", "nbytes", "itemsize"}
 
 
-def op_name(func) -> str:
-    name = getattr(func, "__name__", "") or ""
-    if name == "__get__":
-        owner = getattr(func, "__self__", None)
-        name = getattr(owner, "__name__", "") or ""
-    name = name.strip("_")
-    if name.startswith(("i", "r")) and name[1:] in {"add", "sub", "mul", "truediv", "floordiv", "div", "pow", "and",
-                                                   "or", "xor", "matmul", "mod", "lshift", "rshift"}:
-        name = name[1:]
-    if name.endswith("_") and name not in IGNORE:
-        name = name.rstrip("_")
-    return name
+
+RULED = {  # names with a rule of their own (the labeller's rule_* methods, see trace.RULES)
+    "getitem", "setitem", "pad", "matmul", "mm", "bmm", "addmm", "linear", "conv1d", "conv2d", "conv3d",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "batch_norm", "instance_norm", "layer_norm",
+    "rms_norm", "group_norm", "prelu", "embedding", "scaled_dot_product_attention", "multi_head_attention_forward",
+}
+ARITHMETIC = {"add", "sub", "mul", "truediv", "floordiv", "div", "pow", "and", "or", "xor", "matmul", "mod", "lshift",
+              "rshift"}  # names whose reflected (``__radd__``) and in-place (``__iadd__``) operators are the same op
+
+
+class Op(NamedTuple):
+    """How the trace follows one function: ``family`` is ``"ignore"``, ``"rule"`` (``name`` picks the
+    rule), ``"identity"``, ``"elementwise"``, ``"index"``, ``"reduce"``, ``"along_dim"`` or ``"spatial"``."""
+
+    name: str
+    family: str
+
+
+def _index() -> dict[str, list]:
+    """Every callable of the namespaces (and each ``Tensor`` property's getter) by its ``__name__``."""
+    out: dict[str, list] = {}
+    found = [obj for ns in (torch, F, torch._C._nn, torch.nn.init) for obj in list(vars(ns).values())]
+    found += [getattr(ns, a) for ns in (torch._C._VariableFunctions, torch.Tensor) for a in dir(ns)]
+    seen = set()
+    for obj in found:
+        name = getattr(obj, "__name__", None)
+        if not callable(obj):
+            if not (hasattr(obj, "__get__") and isinstance(name, str)):  # getset descriptors: T, mT, data, shape
+                continue
+            obj = obj.__get__  # what the mode receives for a property
+        if not isinstance(name, str):
+            continue
+        try:
+            if obj in seen:
+                continue
+            seen.add(obj)
+        except TypeError:  # unhashable: never a key the mode could look up
+            continue
+        out.setdefault(name, []).append(obj)
+    return out
+
+
+_BY_NAME = _index()
+
+
+def functions(name: str, reflected: bool = False) -> list:
+    """The function objects known by ``name``: ``name`` with up to two leading and trailing underscores
+    (``relu_``, ``_softmax``, ``__getitem__``), and with ``reflected`` the reflected and in-place
+    operators of an arithmetic name (``__radd__``, ``__iadd__``)."""
+    bases = [name] + ([p + name for p in ("i", "r")] if reflected and name in ARITHMETIC else [])
+    out = []
+    for base in bases:
+        for lead in ("", "_", "__"):
+            for tail in ("", "_", "__"):
+                out.extend(_BY_NAME.get(lead + base + tail, ()))
+    return out
+
+
+def _table() -> dict[Callable, Op]:
+    ops: dict[Callable, Op] = {}
+    # the first family that names a function wins, in this order
+    for family, names in (("ignore", IGNORE), ("rule", RULED), ("identity", IDENTITY), ("elementwise", ELEMENTWISE),
+                          ("index", INDEX), ("reduce", REDUCE), ("along_dim", ALONG_DIM), ("spatial", SPATIAL)):
+        for direct in (True, False):  # a function's own name before a reflected one (__rsub__: "rsub", not "sub")
+            for name in sorted(names):
+                for f in (functions(name) if direct else functions(name, reflected=True)):
+                    ops.setdefault(f, Op(name, family))
+    return ops
+
+
+OPS: dict[Callable, Op] = _table()
+
+
+def describe(func: Callable) -> str:
+    """A function's name for messages (``"fft_fft"``, ``"__iter__"``; a property getter: the property)."""
+    owner = getattr(func, "__self__", None)
+    if getattr(func, "__name__", "") == "__get__" and owner is not None:
+        return getattr(owner, "__name__", "") or type(owner).__name__
+    return getattr(func, "__name__", None) or repr(func)
+
+
+def nameless(func: Callable) -> bool:
+    """Functions the mode sees that carry no name: a Python property's getter (``__cuda_array_interface__``),
+    a ``functools.partial``. They describe a tensor; the trace lets them pass."""
+    owner = getattr(func, "__self__", None)
+    if getattr(func, "__name__", "") == "__get__" and isinstance(owner, property):
+        return True
+    return not getattr(func, "__name__", "")
 
 
 def compact(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,8 @@ from prunekit.structured.groups import Group, _selected, build_groups
 from prunekit.structured.macs import Counter, count_macs_params
 from prunekit.structured.plan import CRITERIA, plan
 from prunekit.structured.slicing import Backup, apply
-from prunekit.structured.trace import _flat_inputs, preserved, trace
+from prunekit.inputs import call
+from prunekit.structured.trace import preserved, trace
 
 __all__ = ["prune_channels", "StructuredReport", "CRITERIA"]
 
@@ -105,7 +106,6 @@ def _check(model, example_inputs, expected: dict, counter=None) -> str | None:
 
     ``counter`` (a :class:`Counter`) adds up the eval-mode MACs on the way.
     """
-    args, kwargs = _flat_inputs(example_inputs)
     where = _Where(model)
     try:
         with preserved(model):
@@ -114,7 +114,7 @@ def _check(model, example_inputs, expected: dict, counter=None) -> str | None:
                 where.stack.clear()
                 try:
                     with torch.no_grad(), (counter if counter is not None and not train else contextlib.nullcontext()):
-                        got = _shapes(model(*args, **kwargs))
+                        got = _shapes(call(model, example_inputs))
                 except Exception as e:
                     name = where.stack[-1] if where.stack else ""
                     return f"{name}|{type(e).__name__}: {e}"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten
 
-from prunekit.structured.ops import FIXED, FREE, SPLITTING, op_name, split_dims, varying_dims
+from prunekit.structured.ops import FIXED, FREE, SPLITTING, split_dims, varying_dims
 
 __all__ = ["IndexRules"]
 
 
 class IndexRules:
-    def index(self, func, args, kwargs, out) -> None:
+    def index(self, name, func, args, kwargs, out) -> None:
         def swap(a):
             if isinstance(a, torch.Tensor) and (a.is_floating_point() or a.is_complex() or self.labelled(a)):
                 return self.get(a)
@@ -25,8 +25,8 @@ class IndexRules:
 
         labels = func(*swap(list(args)), **{k: swap(v) for k, v in kwargs.items()})
         self.set_tree(out, labels)
-        if op_name(func) in SPLITTING and isinstance(args[0], torch.Tensor):
-            self.record_split(op_name(func), args, kwargs, out)
+        if name in SPLITTING and isinstance(args[0], torch.Tensor):
+            self.record_split(name, args, kwargs, out)
 
     def record_split(self, name, args, kwargs, out) -> None:
         """A dimension cut into equal pieces by size: after pruning, the pieces must still match."""

@@ -45,8 +45,6 @@ class WeightRules:
             res = res.squeeze(-1)
         self.set(out, res.contiguous())
 
-    rule_mm = rule_bmm = rule_matmul
-
     def rule_addmm(self, args, kwargs, out) -> None:
         bias, a, b = args[0], args[1], args[2]
         if self.is_param(b):
@@ -105,15 +103,11 @@ class WeightRules:
         shape[1] = c_out
         self.set(out, w_out.reshape(shape).expand(out.shape).contiguous())
 
-    def rule_conv1d(self, args, kwargs, out):
+    def rule_conv(self, args, kwargs, out):
         self.conv(args, kwargs, out, transposed=False)
 
-    rule_conv2d = rule_conv3d = rule_conv1d
-
-    def rule_conv_transpose1d(self, args, kwargs, out):
+    def rule_conv_transpose(self, args, kwargs, out):
         self.conv(args, kwargs, out, transposed=True)
-
-    rule_conv_transpose2d = rule_conv_transpose3d = rule_conv_transpose1d
 
     def per_channel(self, x, out, params, dim: int) -> None:
         """Norm-like: ``params`` are indexed by ``x``'s channel dimension ``dim``; labels pass through."""

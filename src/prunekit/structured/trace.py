@@ -17,12 +17,17 @@ columns, a group-local channel of a grouped convolution). Operations that mix ch
 smaller tensor could not reproduce merge the units they mix (a normalisation over a head's
 dimensions makes the whole head one unit) or pin them (model outputs, operations prunekit does not
 know): a pinned unit is never removed, and :func:`prunekit.structured.groups` says why.
+
+Which rule follows a call is looked up by the function object the mode receives
+(:data:`prunekit.structured.ops.OPS`: ``torch.cat``, ``torch.Tensor.__iadd__``, the getter of
+``Tensor.T``...): a family of rules, or one of :data:`RULES`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,13 +35,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from prunekit.inputs import call, modes
 from prunekit.structured.macs import count_call
-from prunekit.structured.ops import (ALONG_DIM, ELEMENTWISE, FIXED, IDENTITY, IGNORE, INDEX, REDUCE, SPATIAL,
-                                     compact, op_name, varying_dims)
+from prunekit.structured.ops import OPS, RULED, FIXED, compact, describe, nameless, varying_dims
 from prunekit.structured.rules_index import IndexRules
 from prunekit.structured.rules_weights import WeightRules
 
-__all__ = ["Trace", "trace"]
+__all__ = ["Trace", "trace", "preserved", "RULES"]
 
 
 @dataclass
@@ -165,32 +170,35 @@ class _Labeller(IndexRules, WeightRules, TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.counting:
             self.t.macs += count_call(func, args, kwargs, out)
-        name = op_name(func)
-        if name in IGNORE or name == "":
+        try:
+            op = OPS.get(func)
+        except TypeError:  # an unhashable callable: not one of torch's
+            op = None
+        if op is None and nameless(func) or op is not None and op.family == "ignore":
             return out
+        name = op.name if op is not None else describe(func)
         flat, _ = tree_flatten((args, kwargs))
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         if not any(self.labelled(a) for a in tensors):
             return out
         try:
-            rule = getattr(self, "rule_" + name, None)
-            if rule is not None:
-                rule(args, kwargs, out)
-            elif name in IDENTITY:
+            if op is None:
+                self.unknown(name, tensors, out)
+            elif op.family == "rule":
+                RULES[name](self, args, kwargs, out)
+            elif op.family == "identity":
                 self.set(out, self.get(tensors[0]) if out.shape == tensors[0].shape else
                          self.get(tensors[0]).expand(out.shape).contiguous())
-            elif name in ELEMENTWISE:
+            elif op.family == "elementwise":
                 self.elementwise(tensors, out)
-            elif name in INDEX:
-                self.index(func, args, kwargs, out)
-            elif name in REDUCE:
+            elif op.family == "index":
+                self.index(name, func, args, kwargs, out)
+            elif op.family == "reduce":
                 self.reduce(name, args, kwargs, out)
-            elif name in ALONG_DIM:
+            elif op.family == "along_dim":
                 self.along_dim(name, args, kwargs, out)
-            elif name in SPATIAL:
+            else:  # "spatial"
                 self.spatial(tensors[0], out, name)
-            else:
-                self.unknown(name, tensors, out)
         except Exception as e:  # a rule that cannot follow this call pins what it touched
             self.unknown(f"{name} ({type(e).__name__}: {e})", tensors, out)
         return out
@@ -235,46 +243,69 @@ class _Labeller(IndexRules, WeightRules, TorchFunctionMode):
 
 
 
-def _flat_inputs(example_inputs):
-    if isinstance(example_inputs, dict):
-        return (), example_inputs
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+RULES: dict[str, Callable] = {  # the rule for each name of ops.RULED: (labeller, args, kwargs, out)
+    "getitem": IndexRules.rule_getitem,
+    "setitem": IndexRules.rule_setitem,
+    "pad": IndexRules.rule_pad,
+    "matmul": WeightRules.rule_matmul,
+    "mm": WeightRules.rule_matmul,
+    "bmm": WeightRules.rule_matmul,
+    "addmm": WeightRules.rule_addmm,
+    "linear": WeightRules.rule_linear,
+    "conv1d": WeightRules.rule_conv,
+    "conv2d": WeightRules.rule_conv,
+    "conv3d": WeightRules.rule_conv,
+    "conv_transpose1d": WeightRules.rule_conv_transpose,
+    "conv_transpose2d": WeightRules.rule_conv_transpose,
+    "conv_transpose3d": WeightRules.rule_conv_transpose,
+    "batch_norm": WeightRules.rule_batch_norm,
+    "instance_norm": WeightRules.rule_instance_norm,
+    "layer_norm": WeightRules.rule_layer_norm,
+    "rms_norm": WeightRules.rule_rms_norm,
+    "group_norm": WeightRules.rule_group_norm,
+    "prelu": WeightRules.rule_prelu,
+    "embedding": WeightRules.rule_embedding,
+    "scaled_dot_product_attention": WeightRules.rule_scaled_dot_product_attention,
+    "multi_head_attention_forward": WeightRules.rule_multi_head_attention_forward,
+}
+assert set(RULES) == RULED, set(RULES) ^ RULED
 
 
 @contextlib.contextmanager
 def preserved(model: nn.Module):
-    """Run ``model`` freely inside; its buffers (batch-norm statistics) and train/eval modes come back."""
+    """Run ``model`` freely inside; its buffers (batch-norm statistics) and every module's train/eval
+    flag (:func:`prunekit.inputs.modes`) come back."""
     buffers = [(b, b.clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        yield
+        with modes(model):
+            yield
     finally:
         with torch.no_grad():
             for b, saved in buffers:
                 if b.shape == saved.shape:
                     b.copy_(saved)
-        for m, mode in modes:
-            m.training = mode
 
 
 def trace(model: nn.Module, example_inputs) -> Trace:
     """Run ``model`` in eval mode with labelled channels, and in train mode too when eval mode
     leaves parameters unused (auxiliary heads). Buffers and modes are restored afterwards.
 
+    Args:
+        model: the model.
+        example_inputs: one input, as :mod:`prunekit.inputs` reads it (a tensor, a tuple of
+            positional inputs or a dict of keyword inputs).
+
     Raises:
         ValueError: ``example_inputs`` do not run the model in eval mode.
     """
     t = Trace()
-    args, kwargs = _flat_inputs(example_inputs)
     labeller = _Labeller(model, t)
     with preserved(model):
         for train in (False, True):
             model.train(train)
             try:
                 with torch.no_grad(), labeller:
-                    out = model(*args, **kwargs)
+                    out = call(model, example_inputs)
             except Exception as e:
                 if not train:
                     raise ValueError(f"example_inputs do not run the model: {type(e).__name__}: {e}") from e

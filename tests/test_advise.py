@@ -140,3 +140,51 @@ def test_global_candidates_do_not_score_a_model_whose_head_was_emptied():
     row = advice.rows[0]
     assert "4" in row["note"].split(" pruned")[0].split(", ") and "note, unstructured 90%" in str(advice)
     assert row["quality"] > 0.0
+
+
+def test_recovery_rows_beat_their_one_shot_rows_and_keep_the_zeros():
+    from prunekit.advise_recovery import recover_candidates
+
+    model = mlp()
+    before = snapshot(model)
+    x = torch.randn(64, 64)
+    pruned = copy_of(model)
+    pk.prune(pruned, 0.9)
+    pk.finalize(pruned)
+    zeros = sum(int((m.weight == 0).sum()) for m in pruned if isinstance(m, nn.Linear))
+
+    def cosine(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(m(x), model(x), dim=1).mean())
+
+    seen = []
+
+    def measure(runnable, saved, kind):
+        seen.append(sum(int((m.weight == 0).sum()) for m in saved if isinstance(m, nn.Linear)))
+        return {"speedup": 1.5, "quality": cosine(runnable), "size_ratio": 0.2, "latency_ms": 1.0}
+
+    rows = [{"name": "unstructured 90%", "method": "prune 90%", "sparsity": 0.9, "speedup": 2.0,
+             "quality": cosine(pruned), "size_ratio": 0.2},
+            {"name": "dense-speed", "method": "x", "sparsity": 0.5, "speedup": 0.9, "quality": 0.1, "size_ratio": 1}]
+    new = recover_candidates(rows, {"unstructured 90%": (pruned, False), "dense-speed": (pruned, False)}, model,
+                             x[:1], [x[i:i + 16] for i in range(0, 64, 16)], 3.0, 0.99, 1, 1, measure)
+    assert [r["recovered_from"] for r in new] == ["unstructured 90%"]  # the slower-than-dense one is not recovered
+    assert new[0]["quality"] > rows[0]["quality"] and rows[0]["recovered_quality"] == new[0]["quality"]
+    assert new[0]["recover_steps"] >= 1 and seen[0] >= zeros  # zeros stay zero through recovery
+    assert_unchanged(model, before)
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_recover_budget_is_a_duration():
+    from prunekit.advise_recovery import parse_duration
+
+    assert parse_duration("20m") == 1200 and parse_duration("90s") == 90 and parse_duration(5) == 5
+    with pytest.raises(ValueError, match="--recover 'soon' is not a duration"):
+        parse_duration("soon")
+    with pytest.raises(ValueError, match="positive"):
+        parse_duration("-1m")

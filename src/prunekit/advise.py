@@ -26,6 +26,7 @@ from torch import nn
 from prunekit._compat import old_kwargs
 from prunekit._io import write_text
 from prunekit._progress import progress as progress_bar
+from prunekit.advise_recovery import parse_duration, recover_candidates
 from prunekit.inputs import call, first_tensor
 
 __all__ = ["advise", "Advice", "Candidate", "default_candidates"]
@@ -139,7 +140,8 @@ def default_candidates() -> list[Candidate]:
 @dataclass
 class Advice:
     """What :func:`advise` measured. ``rows``: one dict per candidate (name, method, sparsity,
-    latency_ms, items_per_s, speedup, size_bytes, size_ratio, quality, pareto, seconds, error); ``matrix``: the
+    latency_ms, items_per_s, speedup, size_bytes, size_ratio, quality, pareto, seconds, error; with
+    ``recover``: ``recovered_quality`` on a one-shot row, ``recovered_from`` on its recovered row); ``matrix``: the
     decision matrix filled with measurements; ``skipped``: candidates the budget left out."""
 
     rows: list[dict]
@@ -164,7 +166,8 @@ class Advice:
         q = "eval_fn" if self.quality_kind == "eval_fn" else "output cosine to dense"
         lines = [f"measured on this machine, {self.threads} threads, batch of the example inputs; quality = {q}",
                  "each speedup = dense ms / ms, both timed in the same interleaved run",
-                 f"{'candidate':<38} {'ms':>8} {'dense ms':>9} {'speedup':>8} {'file':>7} {'quality':>8}  pareto",
+                 f"{'candidate':<38} {'ms':>8} {'dense ms':>9} {'speedup':>8} {'file':>7} {'quality':>8} "
+                 f"{'recovered':>9}  pareto",
                  f"{'dense (median of the runs)':<38} {self.dense['latency_ms']:>8.2f} {'':>9} {1:>7.2f}x {1:>6.2f}x "
                  f"{self.dense['quality']:>8.3f}"]
         for r in self.rows:
@@ -172,7 +175,9 @@ class Advice:
                 lines.append(f"{r['name']:<38} failed: {r['error'][:70]}")
                 continue
             lines.append(f"{r['name']:<38} {r['latency_ms']:>8.2f} {r.get('dense_ms', float('nan')):>9.2f} "
-                         f"{r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x {r['quality']:>8.3f}  {'*' if r['pareto'] else ''}")
+                         f"{r['speedup']:>7.2f}x {r['size_ratio']:>6.2f}x {r['quality']:>8.3f} "
+                         f"{'' if r.get('recovered_quality') is None else format(r['recovered_quality'], '.3f'):>9}  "
+                         f"{'*' if r['pareto'] else ''}")
         for r in self.rows:
             if r.get("note"):
                 lines.append(f"note, {r['name']}: {r['note']}")
@@ -241,7 +246,7 @@ def _matrix(rows: list[dict], dense_quality: float, quality_floor: float) -> lis
             measured += f" (the best quality here, below the floor {quality_floor:.3f})"
         elif not good:
             safest = max(pool, key=lambda r: (r["quality"], r["speedup"]))
-            measured += f" (below the floor {quality_floor:.3f}: fine-tune to recover, e.g. prunekit.Pruner"
+            measured += f" (below the floor {quality_floor:.3f}: recover it: advise(recover=...) or prunekit.recipes.recover"
             if safest is not best:
                 measured += f"; best quality here: {safest['name']}, {safest['quality']:.3f}"
             measured += ")"
@@ -271,6 +276,8 @@ def advise(
     quality_floor: float | None = None,
     repeats: int = 7,
     progress: bool = True,
+    recover: float | str | None = None,
+    data: Any = None,
     **deprecated,
 ) -> Advice:
     """Build, time, size and score each candidate on this machine; return the measured matrix.
@@ -291,6 +298,11 @@ def advise(
             with ``eval_fn``, cosine 0.9 without).
         repeats: timed blocks per comparison (``rounds=`` is its deprecated name).
         progress: show a progress bar (tqdm) per candidate.
+        recover: seconds (or ``"20m"``) to spend, after the one-shot round, recovering the fastest
+            masked candidates that fall below the floor (:func:`prunekit.recipes.recover`, distilled
+            from ``model``); each recovered one is measured again and gets its own row
+            (``recovered_from``), the one-shot row its ``recovered_quality``. Not charged to ``budget_s``.
+        data: inputs to recover on (see :mod:`prunekit.inputs`); default: ``example_inputs`` alone.
 
     Returns:
         :class:`Advice`; ``print(advice)`` shows the Pareto table and the filled-in matrix.
@@ -316,6 +328,8 @@ def advise(
         raise TypeError("eval_fn must be a function (model) -> float, higher is better")
     if quality_floor is not None and (not isinstance(quality_floor, (int, float)) or not math.isfinite(quality_floor)):
         raise ValueError(f"quality_floor={quality_floor!r} must be a number (the quality a pick must reach)")
+    if recover is not None:
+        recover = parse_duration(recover, "recover")
     threads = threads or torch.get_num_threads()
     candidates = default_candidates() if candidates is None else list(candidates)
     if any(not isinstance(c, Candidate) for c in candidates):
@@ -339,6 +353,18 @@ def advise(
     rows, skipped, spent = [], [], []
     bar = progress_bar(total=len(candidates), desc="advise", unit="candidate", enabled=progress)
     dense_ms = []
+    kept = {}  # masked candidates' pruned models, for recovery
+
+    def measure(runnable, saved, kind) -> dict:
+        result = pk.compare({"dense": model, "candidate": runnable}, example_inputs, repeats=repeats, threads=threads)
+        dense_ms.append(result["dense"].median * 1e3)
+        m = {"latency_ms": result["candidate"].median * 1e3, "dense_ms": result["dense"].median * 1e3,
+             "speedup": result["candidate"].speedup, "size_bytes": _size(saved, kind, folder),
+             "quality": _quality(runnable, example_inputs, dense_out, eval_fn)}
+        m["size_ratio"] = m["size_bytes"] / dense_size
+        m["items_per_s"] = batch / (m["latency_ms"] / 1e3)
+        return m
+
     for cand in candidates:
         elapsed = time.perf_counter() - start
         expected = sum(spent) / len(spent) if spent else 0.0
@@ -354,13 +380,9 @@ def advise(
             runnable, saved, kind = built[:3]
             if len(built) > 3 and built[3]:
                 row["note"] = built[3]
-            result = pk.compare({"dense": model, cand.name: runnable}, example_inputs, repeats=repeats, threads=threads)
-            dense_ms.append(result["dense"].median * 1e3)
-            row.update(latency_ms=result[cand.name].median * 1e3, dense_ms=result["dense"].median * 1e3,
-                       speedup=result[cand.name].speedup,
-                       size_bytes=_size(saved, kind, folder), quality=_quality(runnable, example_inputs, dense_out, eval_fn))
-            row["size_ratio"] = row["size_bytes"] / dense_size
-            row["items_per_s"] = batch / (row["latency_ms"] / 1e3)
+            row.update(measure(runnable, saved, kind))
+            if recover and kind != "structured" and not hasattr(saved, "_prunekit_structured"):
+                kept[cand.name] = (saved, kind == "int8")
         except Exception as e:  # a candidate that does not apply to this model is a result, not a crash
             row["error"] = f"{type(e).__name__}: {e}"
         row["seconds"] = time.perf_counter() - t0
@@ -369,6 +391,8 @@ def advise(
         bar.set_postfix_str(cand.name)
         bar.update(1)
     bar.close()
+    if recover:
+        rows += recover_candidates(rows, kept, model, example_inputs, data, recover, floor, threads, repeats, measure)
     scratch.cleanup()
     _pareto(rows)
     dense_latency = sorted(dense_ms)[len(dense_ms) // 2] if dense_ms else float("nan")

@@ -153,11 +153,19 @@ def _advise(args) -> int:
         raise UserError(f"--budget {args.budget} must be a positive number of seconds, e.g. 300")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} must be at least 1, e.g. 2")
+    recover = None
+    if args.recover is not None:
+        from prunekit.advise_recovery import parse_duration
+
+        try:
+            recover = parse_duration(args.recover, "--recover")
+        except ValueError as e:
+            raise UserError(str(e)) from None
     _out(args.out, "--out")
     _out(args.html, "--html")
     model, default = load_model(args.model)
     advice = pk.advise(model, example_inputs(args, default, model), budget_s=args.budget, threads=args.threads,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, recover=recover)
     print(advice)
     if args.out:
         advice.to_json(args.out)
@@ -351,6 +359,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="write the result as JSON")
     a.add_argument("--html", default=None, help="write an HTML report (and PNG charts)")
     a.add_argument("--no-progress", action="store_true")
+    a.add_argument("--recover", default=None,
+                   help="then recover the fastest candidates below the quality floor by distillation, e.g. 20m")
     a.set_defaults(func=_advise)
     return parser
 

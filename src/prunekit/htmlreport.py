@@ -1,5 +1,6 @@
 """A self-contained HTML page (charts inline as PNG, also written beside it) for a pruned model or an
-advise run: per-layer sparsity, quality vs sparsity, latency vs sparsity, and the dense-vs-pruned table."""
+advise run: per-layer sparsity, or quality vs measured speedup (the Pareto front, one-shot and recovered),
+and the dense-vs-pruned table."""
 
 from __future__ import annotations
 
@@ -39,28 +40,40 @@ def _charts_for_layers(rows: list[tuple[str, float]]):
 
 
 def _charts_for_advice(advice: dict):
+    """One chart, the trade itself: quality against measured speedup, one point per candidate (hollow:
+    one-shot, filled: recovered, an arrow from one to the other), the Pareto front drawn through."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in advice["rows"] if not r.get("error")]
-    charts = []
-    for key, label, fname in (("quality", "quality (" + ("eval_fn" if advice["quality_kind"] == "eval_fn" else
-                                                      "output cosine to dense") + ")", "quality_vs_sparsity"),
-                              ("speedup", "speedup over dense (measured)", "latency_vs_sparsity")):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.scatter([0.0], [advice["dense"]["quality"] if key == "quality" else 1.0], color="black", label="dense")
-        for r in ok:
-            ax.scatter([r["sparsity"] * 100], [r[key]], label=r["name"])
-        ax.set_xlabel("sparsity / channel ratio (%)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
-        ax.set_title(label + " vs sparsity")
-        charts.append((fname, label.capitalize() + " vs sparsity", _png(fig)))
-        plt.close(fig)
-    return charts
+    by_name = {r["name"]: r for r in ok}
+    quality = "eval_fn" if advice["quality_kind"] == "eval_fn" else "output cosine to dense"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([1.0], [advice["dense"]["quality"]], color="black", marker="s", label="dense")
+    colors = {}
+    for r in ok:
+        recovered = r.get("recovered_from") is not None
+        color = colors.setdefault(r.get("recovered_from") or r["name"], f"C{len(colors) % 10}")
+        ax.scatter([r["speedup"]], [r["quality"]], s=40, label=r["name"], color=color,
+                   facecolors=color if recovered else "none")
+        src = by_name.get(r.get("recovered_from"))
+        if src is not None:
+            ax.annotate("", xy=(r["speedup"], r["quality"]), xytext=(src["speedup"], src["quality"]),
+                        arrowprops={"arrowstyle": "->", "color": "gray"})
+    front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r["speedup"])
+    if front:
+        ax.plot([r["speedup"] for r in front], [r["quality"] for r in front], color="gray", lw=1, ls="--",
+                label="Pareto front")
+    ax.set_xlabel("speedup over dense (measured in the same run)")
+    ax.set_ylabel(f"quality ({quality})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    ax.set_title("quality vs measured speedup (hollow: one-shot, filled: recovered)")
+    data = _png(fig)
+    plt.close(fig)
+    return [("quality_vs_speedup", "Quality vs measured speedup: the Pareto front", data)]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -74,7 +87,7 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
 
     Args:
         source: a pruned ``nn.Module`` (per-layer sparsity chart and table), or an advise result
-            (:class:`prunekit.advise.Advice` or its JSON dict: quality and latency vs sparsity charts,
+            (:class:`prunekit.advise.Advice` or its JSON dict: the quality vs measured speedup chart,
             the dense-vs-candidates table and the filled-in decision matrix).
         path: the ``.html`` file to write.
     """
@@ -98,18 +111,22 @@ def write_report(source: Any, path: str | os.PathLike, title: str = "prunekit re
         charts = _charts_for_advice(advice)
         d = advice["dense"]
         rows = [["dense (median of the runs)", "-", "0%", f"{d['latency_ms']:.2f}", "", "1.00x", "1.00x",
-                 f"{d['quality']:.3f}", ""]]
+                 f"{d['quality']:.3f}", "", ""]]
         for r in advice["rows"]:
             if r.get("error"):
-                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", "", r["error"][:80]])
+                rows.append([r["name"], r["method"], f"{r['sparsity']:.0%}", "failed", "", "", "", "", "",
+                             r["error"][:80]])
             else:
                 dense_ms = r.get("dense_ms")
                 method = r["method"] + (f" ({r['note']})" if r.get("note") else "")
                 rows.append([r["name"], method, f"{r['sparsity']:.0%}", f"{r['latency_ms']:.2f}",
                              "" if dense_ms is None else f"{dense_ms:.2f}", f"{r['speedup']:.2f}x",
-                             f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}", "Pareto" if r.get("pareto") else ""])
+                             f"{r['size_ratio']:.2f}x", f"{r['quality']:.3f}",
+                             "" if r.get("recovered_quality") is None else f"{r['recovered_quality']:.3f}",
+                             "Pareto" if r.get("pareto") else ""])
         tables = [("Dense vs candidates (measured on this machine; speedup = dense ms / latency ms of the same run)",
-                   _table(["variant", "method", "sparsity", "latency ms", "dense ms", "speedup", "file", "quality", ""],
+                   _table(["variant", "method", "sparsity", "latency ms", "dense ms", "speedup", "file", "quality",
+                           "recovered", ""],
                           rows)),
                   ("Decision matrix, measured", _table(["scenario", "method", "target", "measured", "notes"],
                                                        [[m["scenario"], m["method"], m["target"], m["measured"],

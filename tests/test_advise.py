@@ -10,6 +10,8 @@ import prunekit as pk
 from prunekit.advise import Candidate, default_candidates
 from tests.helpers import assert_unchanged, snapshot
 
+pytestmark = pytest.mark.usefixtures("sparse_kernels")  # advise() loads them (build: see tests/conftest.py)
+
 
 def mlp():
     torch.manual_seed(0)

@@ -65,6 +65,7 @@ def test_export_and_report_html(factory, tmp_path, capsys):
     assert "per-layer sparsity" in html.read_text().lower()
 
 
+@pytest.mark.usefixtures("sparse_kernels")
 def test_advise_writes_json_and_html(factory, tmp_path, capsys):
     out, html = tmp_path / "a.json", tmp_path / "a.html"
     assert main(["advise", factory, "--input", "4x32", "--budget", "60", "--threads", "1", "--no-progress",
@@ -243,6 +244,7 @@ def test_hugging_face_folder_exports_and_is_scored_on_real_tokens(hf_folder, tmp
     assert out.exists()
 
 
+@pytest.mark.usefixtures("sparse_kernels")
 def test_saved_masks_keep_their_pattern_and_small_conveniences(factory, tmp_path, capsys):
     out = tmp_path / "m.pk"
     assert main(["prune", factory, "--pattern", "2:4", "--scope", "layer", "--out", str(out)]) == 0

@@ -67,6 +67,7 @@ def test_export_onnx_calibration_is_data(tmp_path):
     assert (tmp_path / "m.onnx").exists() and info.quantize == "int8-static"
 
 
+@pytest.mark.usefixtures("sparse_kernels")
 def test_sparse_runtime_is_to_sparse_runtime_with_the_report_on_the_model():
     model = nn.Sequential(nn.Linear(32, 32))
     pk.prune(model, 0.9)

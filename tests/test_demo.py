@@ -11,6 +11,8 @@ import prunekit as pk
 from prunekit.cli import main
 from prunekit.demo import DemoConfig, SmallCNN, accuracy, load_digits, run
 
+pytestmark = pytest.mark.usefixtures("sparse_kernels")  # the demo runs to_sparse_runtime (build: see tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):

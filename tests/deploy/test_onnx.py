@@ -60,6 +60,7 @@ def test_exports_multihead_attention_in_eval_mode(tmp_path):
         np.testing.assert_allclose(got, block(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("sparse_kernels")
 def test_runtime_model_exports_what_its_float_kernels_compute(tmp_path):
     """export_onnx of a to_sparse_runtime model used to write one constant for every input."""
     from prunekit.deploy import to_sparse_runtime

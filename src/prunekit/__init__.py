@@ -13,7 +13,7 @@ Example:
     >>> pk.finalize(model); info = pk.save(model, "model.pk.safetensors")
 """
 
-from prunekit import criteria, deploy, inputs, patterns, recipes, schedules, structured
+from prunekit import criteria, deploy, inputs, patterns, perplexity, recipes, schedules, structured
 from prunekit.advise import Advice, advise
 from prunekit.bench import BenchmarkResult, Comparison, benchmark, compare
 from prunekit.criteria import Criterion, ScoreContext
@@ -51,6 +51,7 @@ __all__ = [
     "criteria",
     "inputs",
     "patterns",
+    "perplexity",
     "schedules",
     "recipes",
     "deploy",

@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up + run the main job) and `make test` (set up + whole test suite).
+# Quick start: `make demo` (set up + run the main job) and `make test` (set up + lint + whole test suite).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/prunekit demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q --durations=15
 
 FASHION := /usr/share/datasets/fashion-mnist

@@ -309,7 +309,7 @@ def test_tied_weights_are_pruned_once_and_stay_tied():
         ({"sparsity": 0.5, "scope": "model"}, ValueError, "'layer'"),
         ({"pattern": "2:3"}, ValueError, "divisible by 3"),
         ({"sparsity": 0.5, "pattern": "block:3x1"}, ValueError, "does not tile"),
-        ({"sparsity": 0.5, "include": "nothing.*"}, ValueError, "include=.nothing.\*. matches no module"),
+        ({"sparsity": 0.5, "include": "nothing.*"}, ValueError, r"include=.nothing.\*. matches no module"),
         ({"sparsity": 0.5, "exclude": "fc9"}, ValueError, "exclude=.fc9. matches no module"),
         ({"sparsity": 0.5, "include": nn.Embedding}, ValueError, "matched no parameters"),
         ({"sparsity": 0.5, "include": 42}, TypeError, "not understood"),

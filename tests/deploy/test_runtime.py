@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.deploy import SparseConv2d, SparseLinear, SparseLinearInt8, semi_structured, sparse_runtime, to_sparse_runtime
+from prunekit.deploy import (
+    SparseConv2d,
+    SparseLinear,
+    SparseLinearInt8,
+    semi_structured,
+    sparse_runtime,
+    to_sparse_runtime,
+)
 from prunekit.deploy.kernels import load
 
 kernels = load()

@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian's headless browser for tests/test_htmlreport.py's rendering check, installed where it is missing; where
+# apt-get is absent or not allowed, make test goes on and that test skips, saying why.
+CHROMIUM_DEBS := chromium fonts-dejavu-core
+APT_GET = DEBIAN_FRONTEND=noninteractive apt-get -y -qq --no-install-recommends
 
 .PHONY: demo test bench clean
 
@@ -17,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo "sudo -n"; } ); \
+	  echo "make test: installing $(CHROMIUM_DEBS) with $${sudo:+$$sudo }apt-get (the HTML report's rendering test)"; \
+	  $$sudo env $(APT_GET) install $(CHROMIUM_DEBS) >/dev/null \
+	    || { $$sudo env $(APT_GET) update >/dev/null && $$sudo env $(APT_GET) install $(CHROMIUM_DEBS) >/dev/null; } \
+	    || echo "make test: chromium could not be installed; tests/test_htmlreport.py's browser test will skip"; }
 	$(BIN)/python -m pytest -q --durations=15
 
 FASHION := /usr/share/datasets/fashion-mnist

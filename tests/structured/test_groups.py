@@ -36,6 +36,6 @@ def test_unknown_operations_pin_what_they_touch():
     found = groups(model, torch.randn(2, 4))
     hidden = next(g for g in found if ("a.weight", 0) in g.members)
     assert not hidden.prunable and "fft" in hidden.reason
-    prune_channels(model, torch.randn(2, 4), ratio=0.5)
+    prune_channels(model, torch.randn(2, 4), sparsity=0.5)
     assert model.a.out_features == 16
 

@@ -21,7 +21,7 @@ def test_report_counts_match_count_macs_params():
     x = torch.randn(1, 3, 32, 32)
     model = resnet18(num_classes=10)
     before = count_macs_params(model, x)
-    report = prune_channels(model, x, ratio=0.4)
+    report = prune_channels(model, x, sparsity=0.4)
     assert (report.macs[0], report.params[0]) == before
     assert (report.macs[1], report.params[1]) == count_macs_params(model, x)
 

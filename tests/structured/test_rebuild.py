@@ -12,18 +12,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.structured import HeadPrunedMultiheadAttention, count_macs_params, groups, prune_channels
+from prunekit.structured import HeadPrunedMultiheadAttention, UnitCriterion, count_macs_params, groups, prune_channels
 from tests.helpers import assert_unchanged, snapshot
 from tests.structured.common import Mixed
 
 
-def zero_lowest(model, example, ratio=0.5):
+def zero_lowest(model, example, sparsity=0.5):
     """Zero every tensor slice of the units prune_channels will remove (the first of each group)."""
     removed = {}
     for g in groups(model, example):
         if not g.prunable:
             continue
-        n = len(g) - int(round(len(g) * (1 - ratio)))
+        n = len(g) - int(round(len(g) * (1 - sparsity)))
         removed[id(g)] = n
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -45,7 +45,7 @@ def outputs(model, example):
 def check_equivalent(model, example, atol=1e-5):
     zero_lowest(model, example)
     before = outputs(model, example)
-    report = prune_channels(model, example, ratio=0.5, criterion="l1", round_to=None)
+    report = prune_channels(model, example, sparsity=0.5, criterion="l1", round_to=None)
     after = outputs(model, example)
     assert report.params[1] < report.params[0]
     torch.testing.assert_close(after, before, rtol=1e-5, atol=atol)
@@ -120,19 +120,19 @@ def test_round_to_keeps_multiples():
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=10)
-    prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.3, round_to=8)
+    prune_channels(model, torch.randn(1, 3, 32, 32), sparsity=0.3, round_to=8)
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.in_channels > 3:
             assert m.out_channels % 8 == 0 and m.in_channels % 8 == 0
 
 
-@given(ratio=st.floats(0.0, 0.95, exclude_max=True), round_to=st.sampled_from([None, 1, 4, 8]))
+@given(sparsity=st.floats(0.0, 0.95, exclude_max=True), round_to=st.sampled_from([None, 1, 4, 8]))
 @settings(max_examples=15, deadline=None)
-def test_any_ratio_keeps_a_working_model(ratio, round_to):
+def test_any_sparsity_keeps_a_working_model(sparsity, round_to):
     torch.manual_seed(0)
     model = Mixed()
     x = torch.randn(2, 3, 8, 8)
-    prune_channels(model, x, ratio=ratio, round_to=round_to)
+    prune_channels(model, x, sparsity=sparsity, round_to=round_to)
     assert model(x).shape == (2, 10)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -168,7 +168,7 @@ def test_criteria_pick_the_weak_channels(criterion):
     if criterion == "taylor":
         model(x).pow(2).sum().backward()
     before = model[0].weight.detach().clone()
-    prune_channels(model, x, ratio=0.5, criterion=criterion, round_to=None)
+    prune_channels(model, x, sparsity=0.5, criterion=criterion, round_to=None)
     assert model[0].out_channels == 4
     if criterion == "fpgm":  # keeps the channels farthest from the others: the strong ones here
         assert model[0].weight.abs().sum() > 0
@@ -183,16 +183,25 @@ def test_random_depends_on_seed():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 2, 1))
         w = model[0].weight.detach().clone()
-        prune_channels(model, torch.randn(1, 3, 5, 5), ratio=0.5, criterion="random", seed=seed, round_to=None)
+        prune_channels(model, torch.randn(1, 3, 5, 5), sparsity=0.5, criterion="random", seed=seed, round_to=None)
         shapes.append([int(torch.nonzero((w == model[0].weight[i]).all(dim=(1, 2, 3)))[0]) for i in range(8)])
     assert shapes[0] != shapes[1]
 
 
-def test_custom_criterion_function():
+def test_custom_unit_criterion():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     w = model[0].weight.detach().clone()
-    prune_channels(model, torch.randn(3, 4), ratio=0.5, round_to=None,
-                   criterion=lambda m, g: torch.arange(len(g), 0, -1).float())  # the last units score lowest
+    prune_channels(model, torch.randn(3, 4), sparsity=0.5, round_to=None,
+                   criterion=UnitCriterion(lambda m, g: torch.arange(len(g), 0, -1).float()))  # the last units go
+    torch.testing.assert_close(model[0].weight, w[:3])
+
+
+def test_a_plain_unit_function_still_works_with_a_deprecation_warning():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    w = model[0].weight.detach().clone()
+    with pytest.warns(DeprecationWarning, match="UnitCriterion"):
+        prune_channels(model, torch.randn(3, 4), sparsity=0.5, round_to=None,
+                       criterion=lambda m, g: torch.arange(len(g), 0, -1).float())
     torch.testing.assert_close(model[0].weight, w[:3])
 
 
@@ -201,13 +210,13 @@ def test_global_scope_prunes_unevenly():
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
     with torch.no_grad():
         model[0].weight[:24] *= 1e-3  # most of the first layer is weak
-    prune_channels(model, torch.randn(2, 8), ratio=0.5, scope="global", round_to=None)
+    prune_channels(model, torch.randn(2, 8), sparsity=0.5, scope="global", round_to=None)
     assert model[0].out_features < 16 < model[2].out_features
 
 
 def test_exclude_keeps_module_channels():
     model = Mixed()
-    prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, exclude="stem")
+    prune_channels(model, torch.randn(1, 3, 8, 8), sparsity=0.5, exclude="stem")
     assert model.stem.out_channels == 16 and model.a.out_channels == 16  # coupled through the residual
 
 
@@ -215,7 +224,7 @@ def test_sparse_and_structured_training_keeps_zeros():
     torch.manual_seed(0)
     model = Mixed()
     x = torch.randn(4, 3, 8, 8)
-    prune_channels(model, x, ratio=0.5)
+    prune_channels(model, x, sparsity=0.5)
     pruner = pk.Pruner(model, pk.schedules.OneShot(0.5))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     pruner.step()
@@ -228,19 +237,24 @@ def test_sparse_and_structured_training_keeps_zeros():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"ratio": 1.0}, "ratio=1.0"),
-    ({"ratio": -0.1}, "ratio=-0.1"),
-    ({"ratio": "half"}, "ratio='half'"),
+    ({"sparsity": 1.0}, "sparsity=1.0"),
+    ({"sparsity": -0.1}, "sparsity=-0.1"),
+    ({"sparsity": "half"}, "sparsity='half'"),
     ({}, "exactly one of"),
-    ({"ratio": 0.5, "target_macs": 0.5}, "exactly one of"),
+    ({"sparsity": 0.5, "target_macs": 0.5}, "exactly one of"),
     ({"target_macs": 0}, "target_macs=0"),
     ({"target_macs": 2.0}, "target_macs=2.0 must be a fraction to keep in \\(0, 1\\] as a float"),
     ({"target_params": 10 ** 12}, "more than the model has"),
-    ({"ratio": 0.5, "criterion": "magic"}, "criterion='magic'"),
-    ({"ratio": 0.5, "scope": "model"}, "scope='model'"),
-    ({"ratio": 0.5, "round_to": 0}, "round_to=0"),
-    ({"ratio": 0.5, "max_ratio": 1.0}, "max_ratio=1.0"),
-    ({"ratio": 0.5, "exclude": "nope*"}, "exclude='nope\\*' matches no module"),
+    ({"sparsity": 0.5, "criterion": "magic"}, "criterion='magic'"),
+    ({"sparsity": 0.5, "criterion": "wanda"}, "criterion='wanda' does not score channels"),
+    ({"sparsity": 0.5, "scope": "model"}, "scope='model'"),
+    ({"sparsity": 0.5, "round_to": 0}, "round_to=0"),
+    ({"sparsity": 0.5, "max_sparsity": 1.0}, "max_sparsity=1.0"),
+    ({"sparsity": 0.5, "exclude": "nope*"}, "exclude='nope\\*' matches no module"),
+    ({"sparsity": 0.5, "include": "nope*"}, "include='nope\\*' matches no module"),
+    ({"sparsity": 0.5, "include": nn.LSTM}, "matched no parameters"),
+    ({"sparsity": 0.5, "include": 3}, "include/exclude item 3 is not understood"),
+    ({"sparsity": 0.5, "unknown": 1}, "unexpected keyword argument 'unknown'"),
 ])
 def test_bad_arguments_leave_the_model_unchanged(kwargs, match):
     model = Mixed()
@@ -250,11 +264,24 @@ def test_bad_arguments_leave_the_model_unchanged(kwargs, match):
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 1.0}, "ratio=1.0"),  # errors name the argument as the caller spelled it
+    ({"ratio": 0.5, "max_ratio": 1.0}, "max_ratio=1.0"),
+    ({"ratio": 0.5, "sparsity": 0.5}, "got sparsity= and ratio="),
+])
+def test_bad_deprecated_arguments_are_named_as_given(kwargs, match):
+    model = Mixed()
+    before = snapshot(model)
+    with pytest.warns(DeprecationWarning), pytest.raises((ValueError, TypeError), match=match):
+        prune_channels(model, torch.randn(1, 3, 8, 8), **kwargs)
+    assert_unchanged(model, before)
+
+
 def test_inputs_that_do_not_run_the_model():
     model = Mixed()
     before = snapshot(model)
     with pytest.raises(ValueError, match="example_inputs do not run the model"):
-        prune_channels(model, torch.randn(1, 5, 8, 8), ratio=0.5)
+        prune_channels(model, torch.randn(1, 5, 8, 8), sparsity=0.5)
     assert_unchanged(model, before)
 
 
@@ -262,7 +289,7 @@ def test_taylor_without_gradients_says_how():
     model = Mixed()
     before = snapshot(model)
     with pytest.raises(ValueError, match="loss.backward"):
-        prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, criterion="taylor")
+        prune_channels(model, torch.randn(1, 3, 8, 8), sparsity=0.5, criterion="taylor")
     assert_unchanged(model, before)
 
 
@@ -270,7 +297,7 @@ def test_masked_model_must_be_finalized_first():
     model = Mixed()
     pk.prune(model, 0.5)
     with pytest.raises(ValueError, match="finalize"):
-        prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+        prune_channels(model, torch.randn(1, 3, 8, 8), sparsity=0.5)
 
 
 class HardCoded(nn.Module):
@@ -291,7 +318,7 @@ def test_hard_coded_widths_are_kept_with_a_reason():
     x = torch.randn(2, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = prune_channels(model, x, ratio=0.5, round_to=None)
+        report = prune_channels(model, x, sparsity=0.5, round_to=None)
     assert model(x).shape == (2, 3)
     assert model.a.out_features == 16 and report.kept_by_module
 
@@ -321,7 +348,7 @@ def test_group_norm_keeps_its_groups_even():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.Conv2d(16, 4, 1))
     x = torch.randn(2, 3, 6, 6)
-    prune_channels(model, x, ratio=0.5, round_to=None)
+    prune_channels(model, x, sparsity=0.5, round_to=None)
     assert model[1].num_channels == model[0].out_channels == 8 and model[1].num_groups == 4
     assert model(x).shape == (2, 4, 6, 6)
 
@@ -330,5 +357,45 @@ def test_a_budget_that_cannot_be_reached_is_said():
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=10)
-    with pytest.warns(UserWarning, match="target_params=1000 asks for 1,000 but .* remain: max_ratio=0.9"):
+    with pytest.warns(UserWarning, match="target_params=1000 asks for 1,000 but .* remain: max_sparsity=0.9"):
         prune_channels(model, torch.randn(1, 3, 32, 32), target_params=1000)
+
+
+def test_deprecated_ratio_and_max_ratio_warn_and_prune_as_the_new_names():
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    old, new = Mixed(), None
+    new = copy.deepcopy(old)
+    with pytest.warns(DeprecationWarning, match=r"prune_channels\(ratio=...\) is deprecated .* use sparsity=") as seen:
+        with pytest.warns(DeprecationWarning, match=r"max_ratio=...\) is deprecated .* use max_sparsity="):
+            report_old = prune_channels(old, x, ratio=0.8, max_ratio=0.3, round_to=None, progress=False)
+    assert all(w.filename == __file__ for w in seen)  # the warning points at the caller
+    report_new = prune_channels(new, x, sparsity=0.8, max_sparsity=0.3, round_to=None, progress=False)
+    assert old.state_dict().keys() == new.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    assert report_old.layers == report_new.layers and report_old.sparsity == report_new.sparsity == 0.8
+    assert old.stem.out_channels == 12  # max_sparsity=0.3 bounds the 0.8 asked: ceil(16 * 0.7) kept
+    with pytest.warns(DeprecationWarning, match="StructuredReport.ratio is deprecated"):
+        assert report_old.ratio == 0.8
+
+
+def test_the_report_is_a_dataclass_of_declared_fields_and_counts_what_each_group_kept():
+    import dataclasses
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    report = prune_channels(model, torch.randn(2, 4), sparsity=0.5, round_to=None, progress=False)
+    assert dataclasses.is_dataclass(report)
+    assert set(vars(report)) == {f.name for f in dataclasses.fields(report)}
+    kept = {g.members[0]: n for g, n in report.groups}
+    assert kept[("0.bias", 0)] == 4 == model[0].out_features  # the hidden group kept 4 of 8
+    assert kept[("2.bias", 0)] == 2  # the output group, pinned, kept all
+    assert "sparsity=0.500" in str(report)
+
+
+def test_progress_shows_on_stderr_only_when_asked(capsys):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    prune_channels(model, torch.randn(2, 4), sparsity=0.5, round_to=None, progress=False)
+    assert capsys.readouterr().err == ""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    prune_channels(model, torch.randn(2, 4), target_params=0.5, round_to=None)
+    assert "prune_channels" in capsys.readouterr().err

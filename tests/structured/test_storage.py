@@ -19,7 +19,7 @@ def test_save_and_load_into_a_fresh_model(tmp_path):
     torch.manual_seed(0)
     model = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
     x = torch.randn(2, 5, 32)
-    prune_channels(model, x, ratio=0.5, round_to=None)
+    prune_channels(model, x, sparsity=0.5, round_to=None)
     pk.prune(model, 0.6, include=lambda m, n: isinstance(m, nn.Linear))  # sparse on top
     pk.finalize(model)
     zeros = pk.sparsity_report(model).nonzeros
@@ -36,7 +36,7 @@ def test_save_and_load_hugging_face(tmp_path, minilm):
 
     model, example = minilm
     model = copy.deepcopy(model)
-    prune_channels(model, example, ratio=0.5)
+    prune_channels(model, example, sparsity=0.5)
     path = pk.save(model, tmp_path / "bert.safetensors").path
     fresh = pk.load(path, BertModel(model.config).eval())
     torch.testing.assert_close(fresh(**example).last_hidden_state, model(**example).last_hidden_state)
@@ -66,7 +66,7 @@ def test_prune_channels_then_plain_save_and_load_resize_a_fresh_model(tmp_path):
     torch.manual_seed(0)
     make = lambda: nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()  # noqa: E731
     model, x = make(), torch.randn(3, 16)
-    prune_channels(model, x, ratio=0.5, round_to=None)
+    prune_channels(model, x, sparsity=0.5, round_to=None)
     pk.prune(model, 0.5)  # masks on top of the smaller layers
     nz = pk.sparsity_report(model).nonzeros
     pk.save(model, tmp_path / "small.safetensors")
@@ -81,7 +81,7 @@ def test_prune_channels_then_plain_save_and_load_resize_a_fresh_model(tmp_path):
 
 def test_wider_file_or_masked_target_is_refused_unchanged(tmp_path):
     small = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8))
-    prune_channels(small, torch.randn(2, 16), ratio=0.5, round_to=None)
+    prune_channels(small, torch.randn(2, 16), sparsity=0.5, round_to=None)
     pk.save(small, tmp_path / "small.safetensors")
     narrower = nn.Sequential(nn.Linear(16, 2), nn.ReLU(), nn.Linear(2, 8))  # the file would have to grow it
     before = snapshot(narrower)

@@ -23,7 +23,7 @@ def test_timm_prunes_and_trains(name):
     model = timm.create_model(name, pretrained=False, num_classes=10, **MODELS[name])
     size = MODELS[name].get("img_size", 64)
     x = torch.randn(2, 3, size, size)
-    report = prune_channels(model, x, ratio=0.5)
+    report = prune_channels(model, x, sparsity=0.5)
     assert report.macs[1] < 0.8 * report.macs[0]
     model.train()
     out = model(x)

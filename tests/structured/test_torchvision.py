@@ -1,4 +1,4 @@
-"""Every torchvision classification model prunes at ratio 0.5 and still trains.
+"""Every torchvision classification model prunes at sparsity 0.5 and still trains.
 
 One parametrized test per model in ``torchvision.models.list_models(module=torchvision.models)``,
 random weights, the smallest input the model accepts, batch 2 (train-mode batch norm needs it).
@@ -41,7 +41,7 @@ def test_prunes_and_trains(name):
         size, kwargs = _size(name)
         model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
     x = torch.randn(2, 3, size, size)
-    report = prune_channels(model, x, ratio=0.5)
+    report = prune_channels(model, x, sparsity=0.5)
     assert report.params[1] < report.params[0]
     assert report.macs[1] < report.macs[0]
     model.train()

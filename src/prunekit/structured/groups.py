@@ -3,21 +3,22 @@
 A *unit* is one connected component of channel slots (see :mod:`prunekit.structured.trace`): one
 output channel of a convolution with the matching batch-norm entries and the next layer's input
 channel, or one attention head with its q/k/v rows and output columns. Units with the same members
-(same tensors, same dimensions, same counts) form a :class:`Group`; a pruning ratio applies to each
-group's units.
+(same tensors, same dimensions, same counts) form a :class:`Group`; a sparsity (the fraction of units
+removed) applies to each group's units. Which groups may shrink at all: :mod:`prunekit.structured.select`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from prunekit.structured.select import Selection, select
 from prunekit.structured.trace import Trace, trace
+from prunekit.targets import Selector
 
 __all__ = ["Group", "groups", "build_groups"]
 
@@ -56,39 +57,10 @@ class Group:
         return f"{len(self)} {self.kind} x {self.width}: {main} ({state})"
 
 
-def _selected(model: nn.Module, exclude) -> set[str]:
-    """Parameter/buffer fqns under excluded modules."""
-    if exclude is None:
-        return set()
-    names = dict(model.named_modules())
-    if isinstance(exclude, (str, type)) or callable(exclude) and not isinstance(exclude, (list, tuple)):
-        exclude = [exclude]
-    chosen = set()
-    for item in exclude:
-        if isinstance(item, str):
-            hits = [n for n in names if n and fnmatch.fnmatchcase(n, item)]
-            if not hits:
-                raise ValueError(f"exclude={item!r} matches no module; module names look like "
-                                 f"{[n for n in names if n][:5]}")
-        elif isinstance(item, type):
-            hits = [n for n, m in names.items() if isinstance(m, item)]
-        elif callable(item):
-            hits = [n for n, m in names.items() if item(m, n)]
-        else:
-            raise TypeError(f"exclude items must be module-name globs, module types or (module, fqn) -> bool; "
-                            f"got {type(item).__name__}")
-        for n in hits:
-            for pn, _ in names[n].named_parameters(prefix=n):
-                chosen.add(pn)
-            for bn, _ in names[n].named_buffers(prefix=n):
-                chosen.add(bn)
-    return chosen
-
-
-def build_groups(model: nn.Module, t: Trace, exclude=None) -> list[Group]:
-    """Turn a trace into groups (pinned ones included, with the reason)."""
+def build_groups(model: nn.Module, t: Trace, selection: Selection | None = None) -> list[Group]:
+    """Turn a trace into groups (pinned ones included, with the reason); ``selection`` (default:
+    everything) keeps the groups it does not select, with the reason."""
     comp = _settle_splits(t)
-    excluded = _selected(model, exclude)
     reasons: dict[int, str] = {}
     for ids, why in t.pins:
         for c in np.unique(comp[ids]):
@@ -122,13 +94,16 @@ def build_groups(model: nn.Module, t: Trace, exclude=None) -> list[Group]:
     runs, starts, counts = np.unique(compo * k + owner, return_index=True, return_counts=True)
     run_comp, run_owner = runs // k, runs % k
     comps, first, nruns = np.unique(run_comp, return_index=True, return_counts=True)
-    excluded_keys = {i for i, key in enumerate(keys) if key[0] in excluded}
+    verdicts: dict[tuple, str] = {}
     collected: dict[Any, list] = {}
     for c, a, n in zip(comps.tolist(), first.tolist(), nruns.tolist()):
         owners = run_owner[a:a + n].tolist()
         reason = reasons.get(c, "")
-        if not reason and excluded_keys.intersection(owners):
-            reason = "excluded"
+        if not reason and selection is not None:
+            names = tuple(sorted({keys[o][0] for o in owners}))
+            if names not in verdicts:
+                verdicts[names] = selection.verdict(names)
+            reason = verdicts[names]
         sig = (tuple(owners), tuple(counts[a:a + n].tolist()), reason)
         collected.setdefault(sig, []).append(starts[a:a + n])
     out = []
@@ -196,20 +171,30 @@ def _slice_dim(c: np.ndarray, tied: np.ndarray) -> int | None:
     return None
 
 
-def groups(model: nn.Module, example_inputs: Any, exclude: str | type | Callable | list | None = None) -> list[Group]:
+def groups(model: nn.Module, example_inputs: Any, exclude: Selector = None, *, include: Selector = None) -> list[Group]:
     """The coupled channel groups of ``model``, for inspection. Changes nothing.
 
     Args:
         model: any module; it runs once (eval and train mode) on ``example_inputs``.
-        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
-        exclude: modules whose channels must stay (fqn globs, module types or ``(module, fqn) -> bool``).
+        example_inputs: one input, as :mod:`prunekit.inputs` reads it (a tensor, a tuple of
+            positional inputs or a dict of keyword inputs).
+        exclude: what must keep its channels, as in :func:`prunekit.prune` (module types, name globs,
+            ``(module, fqn) -> bool``); a group coupled to anything excluded is kept.
+        include: what may shrink, as in :func:`prunekit.prune` (default: every Linear and Conv
+            weight); a group is prunable only when every Linear/Conv weight it touches is selected
+            (:mod:`prunekit.structured.select`).
 
     Returns:
         A list of :class:`Group`, prunable ones first; ``str(group)`` is one line.
+
+    Raises:
+        ValueError: a selector that matches nothing (before the model runs), or ``example_inputs``
+            that do not run the model.
 
     Example:
         >>> for g in prunekit.structured.groups(model, torch.randn(1, 3, 224, 224)):
         ...     print(g)
     """
+    selection = select(model, include, exclude)
     with torch.no_grad():
-        return build_groups(model, trace(model, example_inputs), exclude)
+        return build_groups(model, trace(model, example_inputs), selection)

@@ -99,15 +99,15 @@ def save(model: nn.Module, path: str | os.PathLike) -> str:
     that ``prune_channels`` shrank). Writes ``model``'s weights and pruned sizes to ``path``; returns it.
 
     Example:
-        >>> prunekit.structured.prune_channels(model, x, ratio=0.5)
+        >>> prunekit.structured.prune_channels(model, x, sparsity=0.5)
         >>> prunekit.structured.save(model, "small.safetensors")
         >>> small = prunekit.structured.load(torchvision.models.resnet50(), "small.safetensors")
     """
-    from prunekit.deploy.storage import _save
+    from prunekit.deploy.storage import save as save_file
 
     warnings.warn("prunekit.structured.save is deprecated and goes in prunekit 0.3: use prunekit.save(model, path), "
                   "which writes the same file", DeprecationWarning, stacklevel=2)
-    return _save(model, path, None, None, structured=True).path
+    return save_file(model, path).path
 
 
 def load(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:

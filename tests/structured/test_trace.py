@@ -139,7 +139,8 @@ def test_preserved_restores_even_when_the_run_fails():
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("bad", [torch.randn(3, 5), None, (torch.randn(3, 4), torch.randn(3, 4)), {"y": torch.randn(3, 4)}])
+@pytest.mark.parametrize("bad", [torch.randn(3, 5), None, (torch.randn(3, 4), torch.randn(3, 4)),
+                                 {"y": torch.randn(3, 4)}])
 def test_inputs_that_do_not_run_the_model_raise_value_error_naming_example_inputs(bad):
     model = Residual()
     before = snapshot(model)

@@ -6,10 +6,11 @@ label tensors shared by the trace and its rules.
 
 The tables name torch's API. :func:`functions` finds the objects that carry a name, once, at import:
 every callable of ``torch``, ``torch.nn.functional``, ``torch._C._nn``, ``torch._C._VariableFunctions``,
-``torch.nn.init`` and ``torch.Tensor`` (and the getter of each ``Tensor`` property) is indexed by its own ``__name__``, and a name reaches its
-spellings with leading or trailing underscores (``relu_``, ``__getitem__``, ``_softmax``) and, for
-arithmetic, the reflected and in-place operators (``__radd__``, ``__iadd__``). A function that is in
-none of the tables is one the trace cannot follow: what it touches is pinned.
+``torch.nn.init`` and ``torch.Tensor`` (and the getter of each ``Tensor`` property) is indexed by its
+own ``__name__``, and a name reaches its spellings with leading or trailing underscores (``relu_``,
+``__getitem__``, ``_softmax``) and, for arithmetic, the reflected and in-place operators
+(``__radd__``, ``__iadd__``). A function that is in none of the tables is one the trace cannot
+follow: what it touches is pinned.
 """
 
 from __future__ import annotations

@@ -261,7 +261,8 @@ def _function_form(model: nn.Module, g: Group, how: ChannelCriterion) -> Channel
             _unit_scores(model, g, fn)
         except Exception:
             raise element_error from None
-    warnings.warn(f"a criterion function (model, group) -> unit scores is deprecated and goes in prunekit {REMOVED_IN}: "
-                  "pass criterion=prunekit.structured.UnitCriterion(fn); a plain function is now an element criterion "
-                  "(weight, context) -> scores, as in prunekit.prune", DeprecationWarning, stacklevel=4)
+    warnings.warn(f"a criterion function (model, group) -> unit scores is deprecated and goes in prunekit "
+                  f"{REMOVED_IN}: pass criterion=prunekit.structured.UnitCriterion(fn); a plain function is now an "
+                  "element criterion (weight, context) -> scores, as in prunekit.prune", DeprecationWarning,
+                  stacklevel=4)
     return UnitCriterion(fn)

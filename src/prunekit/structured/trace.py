@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.inputs import call, modes
 from prunekit.structured.macs import count_call
-from prunekit.structured.ops import OPS, RULED, FIXED, compact, describe, nameless, varying_dims
+from prunekit.structured.ops import FIXED, OPS, RULED, compact, describe, nameless, varying_dims
 from prunekit.structured.rules_index import IndexRules
 from prunekit.structured.rules_weights import WeightRules
 

@@ -96,15 +96,15 @@ def test_save_and_load_round_trip_or_refuse_without_touching_disk(tmp_path_facto
 
 
 @slow
-@given(ratio=st.one_of(st.none(), numbers), round_to=st.sampled_from([None, 1, 4, 8, 0, -1, 2.5, True]),
+@given(sparsity=st.one_of(st.none(), numbers), round_to=st.sampled_from([None, 1, 4, 8, 0, -1, 2.5, True]),
        scope=st.sampled_from(["layer", "global", "all"]), criterion=st.sampled_from(["l1", "l2", "fpgm", "bn_scale", "?"]),
        target_macs=st.sampled_from([None, 0.5, 1.0, 2.0, 10 ** 9, 100_000, -1]))
-def test_prune_channels_gives_a_working_smaller_model_or_a_named_error(ratio, round_to, scope, criterion, target_macs):
+def test_prune_channels_gives_a_working_smaller_model_or_a_named_error(sparsity, round_to, scope, criterion, target_macs):
     torch.manual_seed(0)
     model = Net().eval()
     x = torch.randn(1, 3, 4, 4)
     before = snapshot(model)
-    kwargs = dict(ratio=ratio, round_to=round_to, scope=scope, criterion=criterion, target_macs=target_macs)
+    kwargs = dict(sparsity=sparsity, round_to=round_to, scope=scope, criterion=criterion, target_macs=target_macs)
     try:
         report = pk.structured.prune_channels(model, x, **kwargs)
     except ERRORS as e:

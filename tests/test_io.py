@@ -105,7 +105,7 @@ def _writers(tmp_path):
 
     model = _model()
     shrunk = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    pk.structured.prune_channels(shrunk, torch.randn(1, 64), ratio=0.5)
+    pk.structured.prune_channels(shrunk, torch.randn(1, 64), sparsity=0.5)
     pruner = pk.Pruner(nn.Sequential(nn.Linear(8, 8)), OneShot(0.5))
     pruner.step()
     small = nn.Sequential(nn.Linear(8, 4)).eval()

@@ -93,7 +93,7 @@ def _structured(sparsity: float, int8: bool = False):
     def build(model, example, threads):
         import prunekit as pk
 
-        pk.structured.prune_channels(model, example, sparsity=sparsity, round_to=8)
+        pk.structured.prune_channels(model, example, sparsity=sparsity, round_to=8, progress=False)
         runnable = _int8(model) if int8 else model
         return runnable, model, "int8" if int8 else "structured"
 

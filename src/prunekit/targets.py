@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["DEFAULT_TYPES", "Target", "Selector", "find_targets", "all_params", "param_index", "candidates", "matches",
+__all__ = ["DEFAULT_TYPES", "Target", "Selector", "find_targets", "selector_items", "all_params", "param_index", "candidates", "matches",
            "torch_pruned"]
 
 Selector = Union[type, tuple, str, Callable[[nn.Module, str], bool], Iterable[Any], None]
@@ -105,7 +105,12 @@ def _join(mfqn: str, pname: str) -> str:
     return f"{mfqn}.{pname}" if mfqn else pname
 
 
-def _items(selector: Selector) -> list:
+def selector_items(selector: Selector) -> list:
+    """One ``include``/``exclude`` selector as a list of items (a type, a glob, a predicate, a tuple of types).
+
+    Raises:
+        TypeError: an item of an unknown form.
+    """
     if selector is None:
         return []
     if isinstance(selector, (str, type)) or callable(selector) or _types(selector):
@@ -184,7 +189,7 @@ def torch_pruned(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 def _check_globs(model: nn.Module, selector: Selector, arg: str) -> None:
     """Every name glob in ``selector`` must match some module or parameter of ``model``."""
     names = None
-    for item in _items(selector):
+    for item in selector_items(selector):
         if not isinstance(item, str):
             continue
         if names is None:
@@ -230,7 +235,7 @@ def find_targets(model: nn.Module, include: Selector = None, exclude: Selector =
         )
     _check_globs(model, include, "include")
     _check_globs(model, exclude, "exclude")
-    inc, exc = _items(include), _items(exclude)
+    inc, exc = selector_items(include), selector_items(exclude)
     if not inc:
         inc = [DEFAULT_TYPES]
     targets = []

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from prunekit.targets import DEFAULT_TYPES, Selector, all_params, find_targets, matches
+from prunekit.targets import DEFAULT_TYPES, Selector, all_params, find_targets, matches, selector_items
 
 __all__ = ["Selection", "select"]
 
@@ -55,17 +55,6 @@ class Selection:
         return ""
 
 
-def _items(selector: Selector) -> list:
-    """One selector as a list of items (find_targets has checked each item's form)."""
-    if selector is None:
-        return []
-    if isinstance(selector, (str, type)) or callable(selector):
-        return [selector]
-    if isinstance(selector, tuple) and selector and all(isinstance(x, type) for x in selector):
-        return [selector]
-    return list(selector)
-
-
 def select(model: nn.Module, include: Selector = None, exclude: Selector = None) -> Selection:
     """Resolve ``include`` / ``exclude`` on ``model`` (changes nothing).
 
@@ -79,7 +68,7 @@ def select(model: nn.Module, include: Selector = None, exclude: Selector = None)
     for t in all_params(model):
         if any(n == "weight" and isinstance(m, DEFAULT_TYPES) for m, n, _, _ in t.aliases):
             out.layers.update(f for _, _, f, _ in t.aliases)
-    items = _items(exclude)
+    items = selector_items(exclude)
     if items:
         out.excluded = _excluded(model, items)
     return out

@@ -1,10 +1,10 @@
 """Sparse CPU runtime: re-bind sparse Linear and Conv2d layers to CSR kernels where they measure faster.
 
-``sparse_runtime(model, example_inputs)`` finds Linear and Conv2d layers whose weights are mostly
+``to_sparse_runtime(model, example_inputs)`` copies the model, finds Linear and Conv2d layers whose weights are mostly
 zeros, builds a :class:`SparseLinear` / :class:`SparseConv2d` for each (CSR with int32 column
 indices; see ``prunekit.deploy.layers``), times dense vs sparse for every layer at the shape it sees in the model's forward on
 ``example_inputs``, and keeps whichever is faster (DeepSparse's "fraction of supported ops", made
-explicit: the returned model's ``runtime_report`` says which layers run sparse and why the others do
+explicit: the returned :class:`RuntimeReport` says which layers run sparse and why the others do
 not). The kernels (``kernels/sparse_linear.cpp``) are built on first use; where they cannot be built,
 the model stays dense with a warning.
 
@@ -277,7 +277,7 @@ def semi_structured(model: nn.Module) -> nn.Module:
     """
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
         raise RuntimeError("the 2:4 semi-structured path needs a CUDA GPU with compute capability >= 8.0 "
-                           "(Ampere or newer); on the CPU use sparse_runtime()")
+                           "(Ampere or newer); on the CPU use to_sparse_runtime()")
     from torch.sparse import to_sparse_semi_structured
 
     if masks(model):

@@ -1,4 +1,6 @@
 # Quick start: `make demo` (set up + run the main job) and `make test` (set up + lint + whole test suite).
+# Quick loop while editing: `.venv/bin/python -m pytest -m "not slow" -x` skips the tests marked slow (each over
+# ~8 s on a 2-core machine, together most of the suite's time); `make test` runs them all, slow ones included.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -14,6 +14,18 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("thorough", max_examples=600, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Single cases of a parametrized test as slow as the tests marked @pytest.mark.slow; a decorator would mark every
+# case of the test, and the others are quick.
+SLOW_CASES = {
+    "tests/structured/test_timm_hf.py::test_timm_prunes_and_trains[swin_tiny_patch4_window7_224]",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.nodeid in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def sparse_kernels():

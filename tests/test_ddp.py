@@ -23,6 +23,7 @@ def _run(cmd, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_masks_identical_on_every_rank_and_zeros_hold(tmp_path):
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, str(tmp_path)], tmp_path)
     _run([sys.executable, WORKER, str(tmp_path)], tmp_path)

@@ -21,6 +21,7 @@ def result(tmp_path_factory):
     return run(cfg)
 
 
+@pytest.mark.slow
 def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
     dense, pruned, runtime, _ = result["rows"]
     assert runtime["accuracy"] == pytest.approx(pruned["accuracy"], abs=0.002)  # same weights, other kernels
@@ -33,6 +34,7 @@ def test_demo_prunes_to_ninety_percent_and_keeps_accuracy(result):
     assert len(targets) > 3 and targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_demo_shows_a_structurally_pruned_variant_that_reloads(result):
     dense, _, _, channels = result["rows"]
     assert channels["model"] == "channels removed 50%"
@@ -44,6 +46,7 @@ def test_demo_shows_a_structurally_pruned_variant_that_reloads(result):
     assert sum(p.numel() for p in model.parameters()) == channels["params"]
 
 
+@pytest.mark.slow
 def test_demo_file_reloads_into_a_fresh_model_with_same_accuracy_and_zeros(result):
     _, _, xte, yte = load_digits(0, 1500)
     model = pk.load(result["paths"]["pruned"], SmallCNN())
@@ -51,12 +54,14 @@ def test_demo_file_reloads_into_a_fresh_model_with_same_accuracy_and_zeros(resul
     assert pk.sparsity_report(model).model_nonzeros == result["rows"][1]["nonzeros"]
 
 
+@pytest.mark.slow
 def test_cli_report_lists_the_tensors(result, capsys):
     assert main(["report", result["paths"]["pruned"]]) == 0
     out = capsys.readouterr().out
     assert "classifier.1.weight" in out and "bitmask" in out
 
 
+@pytest.mark.slow
 def test_cli_demo_writes_json_and_rejects_bad_sparsity(tmp_path, capsys):
     path = tmp_path / "r.json"
     assert main(["demo", "--epochs", "1", "--finetune-epochs", "0", "--limit", "400", "--no-progress",

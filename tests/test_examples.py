@@ -18,6 +18,7 @@ def minilm_example():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sparse_kernels")
 def test_minilm_sparse_quick(minilm_example, tmp_path):
     out = tmp_path / "minilm"

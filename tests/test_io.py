@@ -74,6 +74,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_during_saves_never_leaves_a_damaged_file(tmp_path):
     path = tmp_path / "m.pk"
     pk.save(_model(), path)

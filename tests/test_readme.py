@@ -20,6 +20,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sparse_kernels")
 def test_readme_examples_run():
     text = README.read_text()

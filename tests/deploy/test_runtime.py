@@ -74,6 +74,7 @@ def test_every_tile_of_this_build_matches_dense(out_f, in_f, tokens, sparsity, s
     assert_every_tile_matches_dense(kernels, out_f, in_f, tokens, sparsity, seed)
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_KERNELS", "portable")
@@ -247,6 +248,7 @@ def test_sparse_conv_matches_dense_for_random_geometry(cin, cout, k, stride, dil
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
 
 
+@pytest.mark.slow
 @needs_kernels
 @pytest.mark.skipif(kernels is None or not kernels.has_conv(), reason="convolution kernels need the AVX-512 build")
 def test_runtime_runs_a_pruned_resnet_with_sparse_convolutions_and_equal_outputs():

@@ -24,6 +24,7 @@ class Dataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
 
 
+@pytest.mark.slow
 def test_trainer_callback_prunes_on_schedule_and_keeps_zeros(tmp_path):
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -85,6 +86,7 @@ def test_masked_model_saves_plain_names_that_from_pretrained_loads_with_zeros(tm
     torch.testing.assert_close(plain.eval()(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+@pytest.mark.slow
 def test_trainer_checkpoint_reloads_and_resumes_with_its_masks(tmp_path):
     full = _bert()
     pruner = pk.Pruner(full, _schedule(), include="bert.encoder.*")

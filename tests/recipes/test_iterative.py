@@ -32,6 +32,7 @@ def accuracy(model, test):
         return (model.eval()(test[0]).argmax(1) == test[1]).float().mean().item()
 
 
+@pytest.mark.slow
 def test_iterative_pruning_reaches_the_target_and_keeps_accuracy():
     train, test = digits()
     model = mlp()

@@ -10,6 +10,7 @@ from prunekit.recipes import lottery_ticket, sgd_cosine
 from tests.recipes.test_iterative import accuracy, digits, mlp
 
 
+@pytest.mark.slow
 def test_ticket_rewinds_survivors_to_init_and_prunes_geometrically():
     train, test = digits()
     model = mlp()

@@ -139,6 +139,7 @@ def test_any_sparsity_keeps_a_working_model(sparsity, round_to):
             assert m.weight.shape[0] == m.out_channels >= 1
 
 
+@pytest.mark.slow
 def test_target_macs_and_params():
     from torchvision.models import resnet18
 

@@ -33,6 +33,7 @@ def test_the_list_is_torchvisions_80():
     assert len(MODELS) == 80
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_prunes_and_trains(name):
     torch.manual_seed(0)

@@ -222,3 +222,13 @@ def test_a_hugging_face_classifier_distills_its_logits_and_hidden_states():
     names = set(pk.masks(student))
     assert names and all(n.startswith("bert.encoder.layer.") for n in names)  # embeddings, pooler, classifier dense
     assert all(r["hidden_loss"] >= 0 for r in result.history) and any(r["hidden_loss"] > 0 for r in result.history)
+
+
+def test_a_budget_plans_the_ramp_for_the_steps_that_fit():
+    """With steps=10_000 and a 3 s budget the ramp used to be planned for 10_000 steps and cut early,
+    leaving the model far below the sparsity asked for."""
+    teacher = Tiny().eval()
+    student = copy.deepcopy(teacher)
+    result = recover(student, teacher, batches(), sparsity=0.8, steps=10_000, budget_s=3.0, progress=False,
+                     autocast=False)
+    assert result.steps < 10_000 and result.sparsity == pytest.approx(0.8, abs=1e-3)

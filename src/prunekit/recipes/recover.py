@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -135,8 +136,10 @@ def recover(
             scores on the first ``calibration_batches``; ``"sparsegpt"`` re-runs one-shot SparseGPT on
             them at each update, layer by layer). Default ``include``: the Linear layers of the repeated blocks, if
             the model has them (embeddings and heads stay dense), else every Linear and Conv.
-        steps: optimizer steps; with only ``budget_s``, as many as fit (timed on one step first).
-        budget_s: stop after this many seconds of recovery, whatever ``steps`` says.
+        steps: optimizer steps.
+        budget_s: seconds of recovery. One step is timed first and the run (the sparsity ramp, the
+            learning-rate schedule) is planned for the steps that fit, at most ``steps``; if steps then
+            run slower, it stops at the budget with a warning.
         lr, weight_decay: AdamW; the rate warms up over 5% of the steps, then falls linearly to 10%.
         ramp: fraction of the steps over which sparsity rises; ``updates``: mask updates on the way.
         output_loss_kind: ``"kl"`` (logits), ``"cosine"``, ``"mse"``, or ``"auto"`` (KL when the output
@@ -206,12 +209,15 @@ def recover(
         raise ValueError("data yields no batch: pass a list of inputs (tensors or dicts) or a DataLoader")
     first = calib[0]
     kind = _check_pair(student, teacher, first, run, output_loss_kind)
-    if steps is None:
+    if budget_s is not None and not resume:  # plan the ramp for the steps that fit, not for steps the budget cuts
         seconds = _time_one_step(student, teacher, first, run, kind, hidden_weight, bf16)
-        steps = int(budget_s / seconds)
-        if steps < 1:
+        fit = int(budget_s / seconds)
+        if fit < 1:
             raise ValueError(f"budget_s={budget_s} is shorter than one step here (~{seconds:.1f} s); "
                              f"give at least budget_s={math.ceil(seconds * 2)}")
+        steps = fit if steps is None else min(steps, fit)
+    elif steps is None:
+        raise ValueError("resume=True with only budget_s: give the steps= of the run that wrote the checkpoint")
 
     # -- from here on the student changes --------------------------------------------------------
     if seed is not None:
@@ -296,6 +302,9 @@ def recover(
             fq.remove()
         log.close()
     seconds = time.perf_counter() - t0
+    if start + taken < steps:
+        warnings.warn(f"recover stopped at step {start + taken} of {steps}: budget_s={budget_s} ran out (steps were "
+                      f"slower than the first one timed); sparsity is {_sparsity(targets):.3f}", stacklevel=2)
     metric = next((r["metric"] for r in reversed(history) if "metric" in r), None)
     if eval_fn is not None and (not history or history[-1]["step"] != start + taken - 1 or "metric" not in history[-1]):
         with modes(student):

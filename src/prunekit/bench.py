@@ -20,7 +20,8 @@ import torch
 
 from prunekit._compat import old_kwargs
 from prunekit._io import write_text
-from prunekit.inputs import call, first_tensor, threads as threads_in_use
+from prunekit.inputs import call, first_tensor
+from prunekit.inputs import threads as threads_in_use
 
 __all__ = ["benchmark", "BenchmarkResult", "compare", "Comparison", "VariantTiming", "as_callable"]
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from prunekit._stats import InputStats
-from prunekit.inputs import forward, loss as batch_loss, modes
+from prunekit.inputs import forward, modes
+from prunekit.inputs import loss as batch_loss
 
 __all__ = [
     "Criterion",

@@ -27,8 +27,20 @@ from typing import Any
 
 import torch
 
-from prunekit.deploy._container import (XZ_MAGIC, ST_DTYPES, Damaged, XzStream, count_nonzeros, element_size, need,
-                                        numel, one_of, parse_json, read_exact, read_st_header)
+from prunekit.deploy._container import (
+    ST_DTYPES,
+    XZ_MAGIC,
+    Damaged,
+    XzStream,
+    count_nonzeros,
+    element_size,
+    need,
+    numel,
+    one_of,
+    parse_json,
+    read_exact,
+    read_st_header,
+)
 
 __all__ = ["FORMAT", "STRUCTURED_FORMAT", "XZ_MAGIC", "read_file", "scan_file", "stored_bytes_bound"]
 

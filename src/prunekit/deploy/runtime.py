@@ -27,9 +27,10 @@ from torch import nn
 
 from prunekit._checks import fraction, integer
 from prunekit._progress import progress as progress_bar
-from prunekit.inputs import call, modes, threads as threads_in_use
 from prunekit.deploy.kernels import load
 from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
+from prunekit.inputs import call, modes
+from prunekit.inputs import threads as threads_in_use
 from prunekit.masks import finalize, masks
 
 __all__ = ["to_sparse_runtime", "Runtime", "RuntimeReport", "semi_structured", "dynamic_int8", "sparse_runtime"]

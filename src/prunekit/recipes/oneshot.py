@@ -33,7 +33,8 @@ from prunekit._checks import fraction
 from prunekit._compat import old_kwargs
 from prunekit._progress import progress as progress_bar
 from prunekit._stats import InputStats
-from prunekit.inputs import forward, modes, threads as threads_in_use
+from prunekit.inputs import forward, modes
+from prunekit.inputs import threads as threads_in_use
 from prunekit.masks import Undo, attach, find_mask
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.pruning import prune

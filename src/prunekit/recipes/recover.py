@@ -33,8 +33,7 @@ from prunekit.inputs import modes
 from prunekit.masks import masks
 from prunekit.patterns import NM, get_pattern
 from prunekit.pruner import Pruner
-from prunekit.recipes.distill import (OUTPUT_LOSSES, Capture, FakeQuant, has_logits, hidden_loss, output_loss,
-                                     output_of)
+from prunekit.recipes.distill import OUTPUT_LOSSES, Capture, FakeQuant, has_logits, hidden_loss, output_loss, output_of
 from prunekit.recipes.oneshot import find_blocks, oneshot
 from prunekit.recipes.recovery_io import Batches, RecoveryLog, load_checkpoint, save_checkpoint
 from prunekit.schedules import OneShot, PolynomialDecay

@@ -8,7 +8,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from prunekit.inputs import Labeled, loss as batch_loss
+from prunekit.inputs import Labeled
+from prunekit.inputs import loss as batch_loss
 
 __all__ = ["sgd_cosine"]
 

@@ -224,11 +224,16 @@ def test_a_hugging_face_classifier_distills_its_logits_and_hidden_states():
     assert all(r["hidden_loss"] >= 0 for r in result.history) and any(r["hidden_loss"] > 0 for r in result.history)
 
 
-def test_a_budget_plans_the_ramp_for_the_steps_that_fit():
-    """With steps=10_000 and a 3 s budget the ramp used to be planned for 10_000 steps and cut early,
-    leaving the model far below the sparsity asked for."""
+def test_a_budget_plans_the_ramp_for_the_steps_that_fit(monkeypatch):
+    """With steps=10_000 and a budget that fits 20 steps the ramp used to be planned for 10_000 steps and
+    cut early, leaving the model far below the sparsity asked for. (The one timed step is fixed here so
+    the test does not depend on the machine's load.)"""
+    import importlib
+
+    rec = importlib.import_module("prunekit.recipes.recover")  # the module; pk.recipes.recover is the function
+    monkeypatch.setattr(rec, "_time_one_step", lambda *args: 0.5)
     teacher = Tiny().eval()
     student = copy.deepcopy(teacher)
-    result = recover(student, teacher, batches(), sparsity=0.8, steps=10_000, budget_s=3.0, progress=False,
+    result = recover(student, teacher, batches(), sparsity=0.8, steps=10_000, budget_s=10.0, progress=False,
                      autocast=False)
-    assert result.steps < 10_000 and result.sparsity == pytest.approx(0.8, abs=1e-3)
+    assert result.steps == 20 and result.sparsity == pytest.approx(0.8, abs=1e-3)

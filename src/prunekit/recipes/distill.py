@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.inputs import Labeled, call, first_tensor
+from prunekit.inputs import call, first_tensor
 from prunekit.recipes.oneshot import find_blocks
 
 __all__ = ["Capture", "output_of", "has_logits", "output_loss", "hidden_loss", "FakeQuant", "fake_quant_rows", "fake_quant_tokens"]
@@ -59,7 +59,7 @@ class Capture:
 def output_of(model: nn.Module, batch: Any) -> torch.Tensor:
     """What distillation compares at the output: ``logits`` when the output has them, else the
     tensor it leads with (see :func:`prunekit.inputs.first_tensor`)."""
-    out = call(model, batch.inputs if isinstance(batch, Labeled) else batch)
+    out = call(model, batch)  # a Labeled batch runs on its inputs (inputs.split)
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
@@ -73,7 +73,7 @@ def output_of(model: nn.Module, batch: Any) -> torch.Tensor:
 def has_logits(model: nn.Module, batch: Any) -> bool:
     """Whether ``model``'s output on ``batch`` carries ``logits`` (a classifier or language model)."""
     with torch.no_grad():
-        out = call(model, batch.inputs if isinstance(batch, Labeled) else batch)
+        out = call(model, batch)  # a Labeled batch runs on its inputs (inputs.split)
     return isinstance(getattr(out, "logits", None), torch.Tensor)
 
 

@@ -74,7 +74,11 @@ def windows(n_tokens: int, window: int, stride: int, max_windows: int | None = N
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     try:
-        out = model(input_ids=ids) if _takes_input_ids(model) else model(ids)
+        params = _parameters(model)
+        if "input_ids" in params:  # Hugging Face; a cache is of no use to one pass per window
+            out = model(input_ids=ids, **({"use_cache": False} if "use_cache" in params else {}))
+        else:
+            out = model(ids)
     except Exception as e:
         raise ValueError(f"the model does not run on token ids of shape {tuple(ids.shape)}: a causal LM returns logits "
                          f"of shape (batch, tokens, vocab); {type(e).__name__}: {e}") from e
@@ -85,13 +89,13 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _takes_input_ids(model: nn.Module) -> bool:
+def _parameters(model: nn.Module) -> set[str]:
     import inspect
 
     try:
-        return "input_ids" in inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
 
 
 @torch.no_grad()

@@ -181,3 +181,14 @@ def test_a_singular_hessian_names_percdamp_and_changes_nothing():
         with pytest.warns(UserWarning, match="no repeated blocks"):
             oneshot(model, [torch.randn(4, 16)] * 2, method="sparsegpt", sparsity=0.5, percdamp=0.0)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_replayed_blocks_do_not_share_the_decoders_key_value_cache(method):
+    """A Llama forward hands each layer one DynamicCache; replaying it would let batch 2 attend to batch 1."""
+    batches = calibration(3)
+    with_cache, without = llama(), llama()
+    oneshot(with_cache, [{"input_ids": b} for b in batches], method=method, sparsity=0.5)
+    oneshot(without, [{"input_ids": b, "use_cache": False} for b in batches], method=method, sparsity=0.5)
+    for (name, a), b in zip(with_cache.state_dict().items(), without.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -21,6 +21,7 @@ rounding), and every run of M keeps N for ``"N:M"``.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -184,6 +185,32 @@ def _prune_layers(targets: list[Target], stats: dict[int, InputStats], job: _Job
         attach(t, keep.to(t.param.device), str(pattern))
 
 
+def _without_cache(kwargs: dict) -> dict:
+    """The block's keyword arguments without a key/value cache.
+
+    A Hugging Face decoder hands each layer the cache of the whole forward pass (``cache`` or
+    ``past_key_values``, a ``transformers.Cache``). Replaying the captured call would append every
+    batch's keys and values to it: each later batch would attend to the earlier ones (wrong statistics)
+    and memory would grow with every pass.
+    """
+    cache_types = ()
+    if "transformers" in sys.modules:
+        try:
+            from transformers.cache_utils import Cache
+
+            cache_types = (Cache,)
+        except ImportError:  # pragma: no cover - older or partial transformers
+            pass
+    out = {}
+    for key, value in kwargs.items():
+        if cache_types and isinstance(value, cache_types):
+            value = None
+        elif key == "use_cache" and value is True:
+            value = False
+        out[key] = value
+    return out
+
+
 def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
     if args:
         return (hidden, *args[1:]), kwargs
@@ -314,7 +341,7 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
     captured: list[tuple[tuple, dict]] = []
 
     def catch(module, args, kwargs):
-        captured.append((args, kwargs))
+        captured.append((args, _without_cache(kwargs)))
         raise _Stop
 
     handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)

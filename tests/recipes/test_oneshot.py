@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -15,9 +17,9 @@ from tests.helpers import assert_unchanged, snapshot
 transformers = pytest.importorskip("transformers")
 
 
-def llama(seed=0):
+def llama(seed=0, layers=2):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -128,6 +130,12 @@ def test_model_without_blocks_falls_back_to_whole_model_with_a_warning():
         ({"pattern": "block:1x4"}, ValueError, "'unstructured' and 'N:M'"),
         ({"pattern": "2:3", "sparsity": None}, ValueError, "divisible by 3"),
         ({"pattern": "2:4", "sparsity": 0.3}, ValueError, "always gives sparsity 0.5"),
+        ({"layer_sparsity": "owl", "pattern": "2:4", "sparsity": None}, ValueError, "needs pattern='unstructured'"),
+        ({"layer_sparsity": [0.5]}, ValueError, "1 values for the 2 blocks"),
+        ({"layer_sparsity": [0.5, 1.2]}, ValueError, r"layer_sparsity\[1\]=1.2 is outside"),
+        ({"layer_sparsity": "balanced"}, ValueError, "'uniform', 'owl' or one sparsity per block"),
+        ({"layer_sparsity": "owl", "owl_lambda": 0.7}, ValueError, "owl_lambda=0.7"),
+        ({"layer_sparsity": "owl", "method": "magnitude", "data": None}, ValueError, "with layer_sparsity='owl' needs data"),
     ],
 )
 def test_bad_input_changes_nothing(kwargs, error, words):
@@ -192,3 +200,38 @@ def test_replayed_blocks_do_not_share_the_decoders_key_value_cache(method):
     oneshot(without, [{"input_ids": b, "use_cache": False} for b in batches], method=method, sparsity=0.5)
     for (name, a), b in zip(with_cache.state_dict().items(), without.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _block_sparsities(model):
+    out = []
+    for block in model.model.layers:
+        ws = [m.weight for m in block.modules() if isinstance(m, nn.Linear)]
+        out.append(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
+    return out
+
+
+def test_owl_gives_blocks_with_more_outliers_more_weights_and_averages_to_the_target():
+    model = llama(layers=4)
+    with torch.no_grad():  # the last block gets heavy outliers: a few of its weights 50x larger
+        for lin in (m for m in model.model.layers[3].modules() if isinstance(m, nn.Linear)):
+            lin.weight.view(-1)[::97] *= 50
+    batches = calibration()
+    blocks = model.model.layers
+    targets = [t for t in pk.targets.find_targets(model, nn.Linear) if "layers" in t.fqn]
+    chosen = oneshot.__globals__["owl_sparsities"](model, blocks, batches, targets, 0.6, 5.0, 0.1)
+    assert sum(chosen) / 4 == pytest.approx(0.6)
+    assert max(chosen) - min(chosen) == pytest.approx(0.2)
+    assert min(chosen) == chosen[3]
+    oneshot(model, batches, method="wanda", sparsity=0.6, layer_sparsity="owl", owl_lambda=0.1)
+    measured = _block_sparsities(model)
+    assert measured == pytest.approx(chosen, abs=2e-3)  # exact counts per layer, up to rounding
+    assert sum(measured) / 4 == pytest.approx(0.6, abs=2e-3)  # blocks are the same size
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+def test_one_sparsity_per_block_is_applied_to_that_block(method):
+    model = llama(layers=3)
+    oneshot(model, calibration(), method=method, sparsity=0.5, layer_sparsity=[0.2, 0.5, 0.8])
+    assert _block_sparsities(model) == pytest.approx([0.2, 0.5, 0.8], abs=2e-3)
+    for name, mask in pk.masks(model).items():  # the masks say the same as the zeros
+        assert int((~mask).sum()) == int((pk.finalize(copy.deepcopy(model)).get_parameter(name) == 0).sum()), name

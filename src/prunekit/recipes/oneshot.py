@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch import nn
 from prunekit._checks import fraction
 from prunekit._compat import old_kwargs
 from prunekit._progress import progress as progress_bar
-from prunekit._stats import InputStats
+from prunekit._stats import InputStats, gather
 from prunekit.inputs import forward, modes
 from prunekit.inputs import threads as threads_in_use
 from prunekit.masks import Undo, attach, find_mask
@@ -42,7 +42,7 @@ from prunekit.pruning import prune
 from prunekit.report import SparsityReport, sparsity_report
 from prunekit.targets import Selector, Target, find_targets
 
-__all__ = ["oneshot", "find_blocks", "wanda_mask", "sparsegpt_prune"]
+__all__ = ["oneshot", "find_blocks", "wanda_mask", "sparsegpt_prune", "owl_sparsities"]
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
 
@@ -160,10 +160,14 @@ class _Job:
     percdamp: float
     undo: Undo
     bar: Any
+    per_block: list[float] | None = None
+
+    def sparsity_of(self, index: int) -> float:
+        return self.sparsity if self.per_block is None else self.per_block[index]
 
 
-def _prune_layers(targets: list[Target], stats: dict[int, InputStats], job: _Job):
-    method, s, pattern, blocksize, percdamp = job.method, job.sparsity, job.pattern, job.blocksize, job.percdamp
+def _prune_layers(targets: list[Target], stats: dict[int, InputStats], job: _Job, s: float):
+    method, pattern, blocksize, percdamp = job.method, job.pattern, job.blocksize, job.percdamp
     for t in targets:
         job.undo.touch(t)
         st = stats[id(t)]
@@ -227,6 +231,9 @@ def oneshot(
     exclude: Selector = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    layer_sparsity: str | Sequence[float] = "uniform",
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
     progress: bool = False,
     threads: int | None = None,
     **deprecated,
@@ -248,6 +255,13 @@ def oneshot(
         include, exclude: narrow the layers (as for ``prunekit.prune``).
         blocksize: SparseGPT's lazy-update block width.
         percdamp: SparseGPT's damping, relative to the mean of the Hessian's diagonal.
+        layer_sparsity: how ``sparsity`` is spread over the repeated blocks. ``"uniform"``: every block
+            gets it. ``"owl"`` (Yin et al. 2024, outlier-weighted layerwise sparsity): blocks whose Wanda
+            scores have more outliers (scores above ``owl_m`` times their block's mean) keep more weights,
+            block sparsities span ``sparsity +- owl_lambda`` and average to ``sparsity``; costs one extra
+            forward pass over ``data``. Or one sparsity per block, e.g. ``[0.4, 0.5, 0.6]``.
+            Unstructured only (N:M fixes every block's sparsity).
+        owl_m, owl_lambda: OWL's outlier threshold and the half-width of its sparsity range.
         progress: show a progress bar over the blocks.
         threads: ``torch.set_num_threads`` while pruning (restored afterwards); None keeps the current.
 
@@ -257,6 +271,7 @@ def oneshot(
     Example:
         >>> batches = [tokenizer(texts[i:i + 16], padding=True, return_tensors="pt") for i in range(0, 128, 16)]
         >>> prunekit.recipes.oneshot(model, batches, method="sparsegpt", sparsity=0.5)
+        >>> prunekit.recipes.oneshot(llm, batches, method="wanda", sparsity=0.7, layer_sparsity="owl")
     """
     data = old_kwargs("oneshot", deprecated, {"calibration": "data"}).get("data", data)
     if method not in METHODS:
@@ -283,16 +298,16 @@ def oneshot(
         raise ValueError("no Linear layers to prune: check include/exclude")
     for t in targets:
         pat.check(t.param.shape, t.fqn, t.out_dim, t.in_dim)
-    if method == "magnitude":
+    per_block = _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda)
+    if method == "magnitude" and per_block is None:
         fqns = [t.fqn for t in targets]
         return prune(model, sparsity if pat.fixed_sparsity is None else None, pattern=pat, scope="layer",
                      include=lambda m, f, names=set(fqns): f"{f}.weight" in names)
-    if data is None:
-        raise ValueError(f"method={method!r} needs data=<calibration batches>, e.g. 8 batches of 16 tokenized "
-                         "sentences (method='magnitude' needs none)")
-    batches = list(data)
-    if not batches:
-        raise ValueError("data is empty: pass a few hundred sequences, e.g. 8 batches of 16 sentences")
+    batches = None if data is None else list(data)
+    if (method != "magnitude" or per_block == "owl") and not batches:
+        needs = "method='magnitude' with layer_sparsity='owl'" if method == "magnitude" else f"method={method!r}"
+        raise ValueError(f"{needs} needs data=<calibration batches>, e.g. 8 batches of 16 tokenized sentences; "
+                         f"data is {'empty' if batches is not None else 'None'}")
 
     started = time.perf_counter()
     bar = progress_bar(total=1 if blocks is None else len(blocks[1]), desc=f"oneshot {method}", unit="block",
@@ -300,7 +315,12 @@ def oneshot(
     job = _Job(method, sparsity, pat, blocksize, percdamp, Undo(), bar)  # Undo: a failure puts every block back
     try:
         with threads_in_use(threads), modes(model), torch.no_grad():
-            if blocks is None:
+            if per_block == "owl":
+                per_block = owl_sparsities(model, blocks[1], batches, targets, sparsity, owl_m, owl_lambda)
+            job.per_block = per_block
+            if method == "magnitude":
+                _magnitude_blocks(blocks[1], targets, job)
+            elif blocks is None:
                 warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from "
                               "one pass of the whole model, all layers pruned together", stacklevel=2)
                 _whole_model(model, batches, targets, job)
@@ -326,14 +346,14 @@ def _run(model, batch, i):
 
 
 def _whole_model(model, batches, targets, job: _Job):
-    stats = {id(t): InputStats(t.module, job.method == "sparsegpt") for t in targets}
+    stats = dict(zip(map(id, targets), gather([t.module for t in targets], job.method == "sparsegpt")))
     try:
         for i, batch in enumerate(batches):
             _run(model, batch, i)
     finally:
         for st in stats.values():
             st.remove()
-    _prune_layers(targets, stats, job)
+    _prune_layers(targets, stats, job, job.sparsity)
     job.bar.update(1)
 
 
@@ -355,17 +375,17 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
         handle.remove()
     if len(captured) != len(batches):
         raise ValueError("the calibration batches did not reach the model's repeated blocks")
-    for block in blocks:
+    for index, block in enumerate(blocks):
         inside = {id(m) for m in block.modules()}
         mine = [t for t in targets if id(t.module) in inside]
-        stats = {id(t): InputStats(t.module, job.method == "sparsegpt") for t in mine}
+        stats = dict(zip(map(id, mine), gather([t.module for t in mine], job.method == "sparsegpt")))
         try:
             for args, kwargs in captured:
                 block(*args, **kwargs)
         finally:
             for st in stats.values():
                 st.remove()
-        _prune_layers(mine, stats, job)
+        _prune_layers(mine, stats, job, job.sparsity_of(index))
         del stats
         job.bar.update(1)
         nxt = []
@@ -374,3 +394,79 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
             hidden = out[0] if isinstance(out, (tuple, list)) else out
             nxt.append(_replace_hidden(args, kwargs, hidden))
         captured = nxt
+
+
+def _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda) -> list[float] | str | None:
+    """None (uniform), ``"owl"`` or one validated sparsity per block."""
+    if isinstance(layer_sparsity, str):
+        if layer_sparsity not in ("uniform", "owl"):
+            raise ValueError(f"layer_sparsity={layer_sparsity!r} is unknown; use 'uniform', 'owl' or one sparsity "
+                             "per block, e.g. [0.4, 0.5, 0.6]")
+        if layer_sparsity == "uniform":
+            return None
+        if not (isinstance(owl_m, (int, float)) and owl_m > 0 and isinstance(owl_lambda, (int, float))
+                and 0 <= owl_lambda < 0.5):
+            raise ValueError(f"owl_m={owl_m!r} must be > 0 (e.g. 5) and owl_lambda={owl_lambda!r} in [0, 0.5) "
+                             "(e.g. 0.08)")
+    if pat.fixed_sparsity is not None:
+        raise ValueError(f"layer_sparsity={layer_sparsity!r} needs pattern='unstructured': pattern='{pat}' fixes "
+                         "every block's sparsity")
+    if blocks is None:
+        raise ValueError(f"layer_sparsity={layer_sparsity!r} needs repeated blocks (an nn.ModuleList of same-type "
+                         "layers) and this model has none; use layer_sparsity='uniform'")
+    if layer_sparsity == "owl":
+        return "owl"
+    values = list(layer_sparsity)
+    if len(values) != len(blocks[1]):
+        raise ValueError(f"layer_sparsity has {len(values)} values for the {len(blocks[1])} blocks of "
+                         f"'{blocks[0]}'; give one per block")
+    return [fraction(v, f"layer_sparsity[{i}]") for i, v in enumerate(values)]
+
+
+def owl_sparsities(model: nn.Module, blocks: nn.ModuleList, batches: list, targets: list[Target], sparsity: float,
+                   m: float = 5.0, lam: float = 0.08) -> list[float]:
+    """OWL's per-block sparsities from one dense forward pass over ``batches``.
+
+    A block's outlier ratio is the fraction of its Wanda scores ``|W| * ||X||`` above ``m`` times their
+    mean; ratios are scaled to ``[0, 2 lam]``, and block ``l`` keeps ``1 - sparsity + r_l - mean(r)``.
+    """
+    stats = dict(zip(map(id, targets), gather([t.module for t in targets])))
+    try:
+        for i, batch in enumerate(batches):
+            _run(model, batch, i)
+    finally:
+        for st in stats.values():
+            st.remove()
+    ratios = []
+    for block in blocks:
+        inside = {id(mod) for mod in block.modules()}
+        scores = torch.cat([(t.param.detach().float().abs().cpu() * stats[id(t)].norms()[None, :]).flatten()
+                            for t in targets if id(t.module) in inside])
+        ratios.append((scores > m * scores.mean()).double().mean().item())
+    r = torch.tensor(ratios, dtype=torch.float64)
+    spread = r.max() - r.min()
+    r = (r - r.min()) / spread * (2 * lam) if spread > 0 else torch.zeros_like(r)
+    keep = 1.0 - sparsity + r - r.mean()
+    return [min(max(1.0 - k, 0.0), 0.999) for k in keep.tolist()]
+
+
+def _magnitude_blocks(blocks: nn.ModuleList, targets: list[Target], job: _Job) -> None:
+    """Magnitude pruning, each block at its own sparsity (exact counts per layer)."""
+    for index, block in enumerate(blocks):
+        inside = {id(m) for m in block.modules()}
+        s = job.sparsity_of(index)
+        for t in targets:
+            if id(t.module) not in inside:
+                continue
+            job.undo.touch(t)
+            pm = find_mask(t.module, t.name)
+            score = t.param.detach().float().abs().cpu()
+            if pm is not None:
+                score = score.masked_fill(~pm.mask.cpu(), -torch.inf)
+            keep = torch.ones(score.numel(), dtype=torch.bool)
+            keep[torch.sort(score.flatten(), stable=True).indices[:round(s * score.numel())]] = False
+            keep = keep.view_as(score)
+            if pm is not None:
+                keep &= pm.mask.cpu()
+            attach(t, keep.to(t.param.device), str(job.pattern))
+        job.bar.update(1)

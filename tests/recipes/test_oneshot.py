@@ -235,3 +235,15 @@ def test_one_sparsity_per_block_is_applied_to_that_block(method):
     assert _block_sparsities(model) == pytest.approx([0.2, 0.5, 0.8], abs=2e-3)
     for name, mask in pk.masks(model).items():  # the masks say the same as the zeros
         assert int((~mask).sum()) == int((pk.finalize(copy.deepcopy(model)).get_parameter(name) == 0).sum()), name
+
+
+def test_wanda_sorting_rows_in_chunks_gives_the_same_mask(monkeypatch):
+    import sys
+
+    module = sys.modules["prunekit.recipes.oneshot"]
+    torch.manual_seed(0)
+    weight, norms = torch.randn(37, 24), torch.rand(24)
+    whole = wanda_mask(weight, norms, 0.55, pk.patterns.get_pattern("unstructured"))
+    monkeypatch.setattr(module, "_SORT_ELEMENTS", 24 * 5)  # 5 rows at a time, the last chunk short
+    assert torch.equal(wanda_mask(weight, norms, 0.55, pk.patterns.get_pattern("unstructured")), whole)
+    assert int((~whole).sum()) == round(0.55 * weight.numel())

@@ -42,9 +42,10 @@ from prunekit.pruning import prune
 from prunekit.report import SparsityReport, sparsity_report
 from prunekit.targets import Selector, Target, find_targets
 
-__all__ = ["oneshot", "find_blocks", "wanda_mask", "sparsegpt_prune", "owl_sparsities"]
+__all__ = ["oneshot", "find_blocks", "magnitude_mask", "wanda_mask", "sparsegpt_prune", "owl_sparsities"]
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
+_SORT_ELEMENTS = 1 << 22  # Wanda sorts this many scores at a time
 
 
 class _Stop(Exception):
@@ -85,10 +86,28 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float, patte
         return keep if old is None else keep & old
     rows, cols = score.shape
     k = torch.tensor(_shares(rows * cols, [cols] * rows, sparsity))
-    order = torch.sort(score, dim=1, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(cols).expand(rows, cols))
-    return rank >= k[:, None]
+    keep = torch.empty(rows, cols, dtype=torch.bool)
+    step = max(1, _SORT_ELEMENTS // cols)  # rows at a time: the sort's int64 indices stay ~32 MB on a huge layer
+    for r0 in range(0, rows, step):
+        order = torch.sort(score[r0:r0 + step], dim=1, stable=True).indices
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(cols).expand(order.shape[0], cols))
+        keep[r0:r0 + step] = rank >= k[r0:r0 + step, None]
+    return keep
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern, old: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask of the largest ``|W|``: exactly ``round(sparsity * numel)`` zeros, or N of every M."""
+    score = weight.detach().float().abs()
+    if old is not None:
+        score = score.masked_fill(~old, -torch.inf)
+    if isinstance(pattern, NM):
+        keep = pattern.mask(score, 1)
+    else:
+        keep = torch.ones(score.numel(), dtype=torch.bool)
+        keep[torch.sort(score.flatten(), stable=True).indices[:round(sparsity * score.numel())]] = False
+        keep = keep.view_as(score)
+    return keep if old is None else keep & old
 
 
 def sparsegpt_prune(
@@ -166,14 +185,16 @@ class _Job:
         return self.sparsity if self.per_block is None else self.per_block[index]
 
 
-def _prune_layers(targets: list[Target], stats: dict[int, InputStats], job: _Job, s: float):
+def _prune_layers(targets: list[Target], stats: dict[int, InputStats] | None, job: _Job, s: float):
     method, pattern, blocksize, percdamp = job.method, job.pattern, job.blocksize, job.percdamp
     for t in targets:
         job.undo.touch(t)
-        st = stats[id(t)]
+        st = None if stats is None else stats[id(t)]
         pm = find_mask(t.module, t.name)
         old = None if pm is None else pm.mask.cpu()
-        if method == "wanda":
+        if method == "magnitude":
+            keep = magnitude_mask(t.param.detach().cpu(), s, pattern, old)
+        elif method == "wanda":
             keep = wanda_mask(t.param.detach().cpu(), st.norms(), s, pattern, old)
         else:
             try:
@@ -318,9 +339,7 @@ def oneshot(
             if per_block == "owl":
                 per_block = owl_sparsities(model, blocks[1], batches, targets, sparsity, owl_m, owl_lambda)
             job.per_block = per_block
-            if method == "magnitude":
-                _magnitude_blocks(blocks[1], targets, job)
-            elif blocks is None:
+            if blocks is None:
                 warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from "
                               "one pass of the whole model, all layers pruned together", stacklevel=2)
                 _whole_model(model, batches, targets, job)
@@ -357,14 +376,15 @@ def _whole_model(model, batches, targets, job: _Job):
     job.bar.update(1)
 
 
-def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
+def _capture(model: nn.Module, first_block: nn.Module, batches: list) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) each calibration batch hands the first repeated block (the model stops there)."""
     captured: list[tuple[tuple, dict]] = []
 
     def catch(module, args, kwargs):
         captured.append((args, _without_cache(kwargs)))
         raise _Stop
 
-    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for i, batch in enumerate(batches):
             try:
@@ -375,25 +395,39 @@ def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
         handle.remove()
     if len(captured) != len(batches):
         raise ValueError("the calibration batches did not reach the model's repeated blocks")
+    return captured
+
+
+def _prune_block(block: nn.Module, captured: list, targets: list[Target], job: _Job, s: float) -> list:
+    """Prune one block's ``targets`` from its inputs ``captured``; returns the next block's inputs."""
+    if job.method == "magnitude":
+        _prune_layers(targets, None, job, s)
+        job.bar.update(1)
+        return captured
+    stats = dict(zip(map(id, targets), gather([t.module for t in targets], job.method == "sparsegpt")))
+    try:
+        for args, kwargs in captured:
+            block(*args, **kwargs)
+    finally:
+        for st in stats.values():
+            st.remove()
+    _prune_layers(targets, stats, job, s)
+    del stats
+    job.bar.update(1)
+    nxt = []
+    for args, kwargs in captured:
+        out = block(*args, **kwargs)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        nxt.append(_replace_hidden(args, kwargs, hidden))
+    return nxt
+
+
+def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
+    captured = _capture(model, blocks[0], batches) if job.method != "magnitude" else []
     for index, block in enumerate(blocks):
         inside = {id(m) for m in block.modules()}
         mine = [t for t in targets if id(t.module) in inside]
-        stats = dict(zip(map(id, mine), gather([t.module for t in mine], job.method == "sparsegpt")))
-        try:
-            for args, kwargs in captured:
-                block(*args, **kwargs)
-        finally:
-            for st in stats.values():
-                st.remove()
-        _prune_layers(mine, stats, job, job.sparsity_of(index))
-        del stats
-        job.bar.update(1)
-        nxt = []
-        for args, kwargs in captured:
-            out = block(*args, **kwargs)
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            nxt.append(_replace_hidden(args, kwargs, hidden))
-        captured = nxt
+        captured = _prune_block(block, captured, mine, job, job.sparsity_of(index))
 
 
 def _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda) -> list[float] | str | None:
@@ -448,25 +482,3 @@ def owl_sparsities(model: nn.Module, blocks: nn.ModuleList, batches: list, targe
     r = (r - r.min()) / spread * (2 * lam) if spread > 0 else torch.zeros_like(r)
     keep = 1.0 - sparsity + r - r.mean()
     return [min(max(1.0 - k, 0.0), 0.999) for k in keep.tolist()]
-
-
-def _magnitude_blocks(blocks: nn.ModuleList, targets: list[Target], job: _Job) -> None:
-    """Magnitude pruning, each block at its own sparsity (exact counts per layer)."""
-    for index, block in enumerate(blocks):
-        inside = {id(m) for m in block.modules()}
-        s = job.sparsity_of(index)
-        for t in targets:
-            if id(t.module) not in inside:
-                continue
-            job.undo.touch(t)
-            pm = find_mask(t.module, t.name)
-            score = t.param.detach().float().abs().cpu()
-            if pm is not None:
-                score = score.masked_fill(~pm.mask.cpu(), -torch.inf)
-            keep = torch.ones(score.numel(), dtype=torch.bool)
-            keep[torch.sort(score.flatten(), stable=True).indices[:round(s * score.numel())]] = False
-            keep = keep.view_as(score)
-            if pm is not None:
-                keep &= pm.mask.cpu()
-            attach(t, keep.to(t.param.device), str(job.pattern))
-        job.bar.update(1)

@@ -1,0 +1,289 @@
+"""One-shot pruning of a Hugging Face causal LM straight from its safetensors shards, one block at a time.
+
+For a model larger than memory. Only the parts outside the repeated blocks (embeddings, final norm,
+head) and one block are ever loaded: the model is built on the ``meta`` device to learn its layout,
+a one-block copy of it turns calibration batches into the first block's inputs, then each block is
+read from the shards, pruned exactly as :func:`prunekit.recipes.oneshot` prunes it in memory, run to
+produce the next block's inputs, written as its own shard and freed. The output folder loads with
+``AutoModelForCausalLM.from_pretrained`` (prunekit is not needed to load it); it appears only when
+everything is written, and the source folder is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from prunekit._checks import fraction
+from prunekit._io import _umask
+from prunekit._progress import progress as progress_bar
+from prunekit.inputs import threads as threads_in_use
+from prunekit.masks import finalize
+from prunekit.patterns import NM, Unstructured, get_pattern
+from prunekit.recipes.oneshot import METHODS, _capture, _Job, _prune_block, find_blocks
+from prunekit.report import SparsityReport, SparsityRow, sparsity_report
+from prunekit.targets import find_targets
+
+__all__ = ["oneshot_shards"]
+
+INDEX = "model.safetensors.index.json"
+
+
+class _NoUndo:
+    """Nothing to put back: a failure leaves no output folder, and the source is only read."""
+
+    def touch(self, target) -> None:
+        pass
+
+
+def _weight_files(src: str) -> dict[str, str]:
+    """{tensor name: shard file} from the index, or from the single ``model.safetensors``."""
+    from safetensors import safe_open
+
+    index = os.path.join(src, INDEX)
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            return dict(json.load(f)["weight_map"])
+    single = os.path.join(src, "model.safetensors")
+    if not os.path.exists(single):
+        raise ValueError(f"src={src!r} has neither {INDEX} nor model.safetensors; save the model with "
+                         "save_pretrained(..., safe_serialization=True)")
+    with safe_open(single, "pt") as f:
+        return {k: "model.safetensors" for k in f.keys()}
+
+
+def _read(src: str, files: dict[str, str], names: Iterable[str], into: dict[str, torch.Tensor] | None = None
+          ) -> dict[str, torch.Tensor]:
+    """The named tensors, each shard opened once and closed after (its mapped pages leave with it).
+
+    With ``into`` ({name: tensor}), each is copied into its tensor as it is read and the dict of what
+    was read holds only 0-d tensors of the stored dtypes, so one block is never in memory twice.
+    """
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    out = {}
+    for file, keys in by_file.items():
+        with safe_open(os.path.join(src, file), "pt") as f:
+            for k in keys:
+                tensor = f.get_tensor(k)
+                if into is None:
+                    out[k] = tensor
+                else:
+                    into[k].copy_(tensor)
+                    out[k] = torch.zeros((), dtype=tensor.dtype)
+                del tensor
+    return out
+
+
+def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
+    """The shards hold exactly the model's tensors, in its shapes (tied copies may be absent)."""
+    from safetensors import safe_open
+
+    expected = meta.state_dict(keep_vars=True)
+    stored: dict[str, tuple] = {}
+    for file in sorted(set(files.values())):
+        with safe_open(os.path.join(src, file), "pt") as f:
+            for k in f.keys():
+                stored[k] = tuple(f.get_slice(k).get_shape())
+    extra = sorted(set(stored) - set(expected))
+    present = {id(expected[k]) for k in stored if k in expected}
+    missing = sorted(k for k in set(expected) - set(stored) if id(expected[k]) not in present)
+    wrong = [f"{k}: {stored[k]} on disk, {tuple(expected[k].shape)} in the config"
+             for k in sorted(set(stored) & set(expected)) if stored[k] != tuple(expected[k].shape)]
+    if extra or missing or wrong:
+        problems = ([f"not in the model: {extra[:4]}"] if extra else []) + (
+            [f"missing: {missing[:4]}"] if missing else []) + wrong[:4]
+        raise ValueError(f"the shards in src={src!r} do not match its config.json ({'; '.join(problems)}); the "
+                         "folder must be one model saved with save_pretrained")
+
+
+def _shell(config, blocks_name: str) -> nn.Module:
+    """The model with its repeated blocks removed (everything else real), to run up to the first block."""
+    from transformers import AutoModelForCausalLM
+
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = 1
+    model = AutoModelForCausalLM.from_config(small, dtype=torch.float32).eval()
+    model.get_submodule(blocks_name)[0] = nn.Identity()  # freed now; each block is put in its place
+    model.config.num_hidden_layers = config.num_hidden_layers  # the forward loops over this many
+    return model
+
+
+def _materialize(meta_block: nn.Module, prefix: str, src: str, files: dict[str, str]) -> tuple[nn.Module, dict]:
+    """A float32 copy of one block with its weights from the shards, and each tensor's dtype on disk."""
+    block = copy.deepcopy(meta_block).to_empty(device="cpu").float()
+    state = {prefix + k: v for k, v in block.state_dict().items()}
+    with torch.no_grad():
+        read = _read(src, files, state, into=state)
+    return block.eval(), {k[len(prefix):]: v.dtype for k, v in read.items()}
+
+
+def oneshot_shards(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    data: Iterable[Any] | None = None,
+    method: str = "wanda",
+    sparsity: float | None = 0.5,
+    pattern: str = "unstructured",
+    layer_sparsity: str | Sequence[float] = "uniform",
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    progress: bool = False,
+    threads: int | None = None,
+) -> SparsityReport:
+    """Prune a Hugging Face causal LM folder into a new folder, holding one decoder block in memory.
+
+    Changes: nothing in ``src``; creates ``dst`` (which must not exist) only when every shard is
+    written: the pruned blocks in the dtype they had on disk (one shard each), the rest copied as
+    it was, config and tokenizer files copied. The Linear layers of every repeated block are pruned
+    as :func:`prunekit.recipes.oneshot` would prune them in memory (same masks, same SparseGPT
+    updates); zeros are real zeros, no masks are stored.
+
+    Peak memory: the layers outside the blocks (embeddings, head) + one block in float32 + the
+    calibration activations (two copies of ``batches x tokens x hidden`` floats) + one layer's
+    statistics (SparseGPT: an ``in x in`` Hessian).
+
+    Args:
+        src: a folder written by ``save_pretrained`` (safetensors, sharded or not).
+        dst: the folder to create.
+        data, method, sparsity, pattern, blocksize, percdamp, progress, threads: as for
+            :func:`prunekit.recipes.oneshot` (token batches, e.g. ``{"input_ids": ids}``).
+        layer_sparsity: ``"uniform"`` or one sparsity per block (``"owl"`` needs a dense pass over
+            every block first; run it in memory, or pass OWL's sparsities from a smaller run).
+
+    Returns:
+        :class:`prunekit.SparsityReport` over the blocks' Linear weights (``seconds``: time taken).
+
+    Example:
+        >>> batches = [{"input_ids": ids[i:i + 8]} for i in range(0, 128, 8)]
+        >>> prunekit.recipes.oneshot_shards("llama-folder", "llama-50", batches, method="wanda", sparsity=0.5)
+        >>> AutoModelForCausalLM.from_pretrained("llama-50")
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise ValueError(f"src={src!r} is not a Hugging Face model folder (no config.json); pass the folder "
+                         "save_pretrained wrote")
+    if os.path.lexists(dst):
+        raise ValueError(f"dst={dst!r} exists; pass a new folder (nothing is overwritten)")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
+    pat = get_pattern(pattern)
+    if not isinstance(pat, (Unstructured, NM)):
+        raise ValueError(f"pattern={pattern!r}: one-shot methods support 'unstructured' and 'N:M' (e.g. '2:4')")
+    if sparsity is None and pat.fixed_sparsity is None:
+        raise ValueError("sparsity is required for pattern='unstructured', e.g. sparsity=0.5")
+    sparsity = fraction(pat.fixed_sparsity if sparsity is None else sparsity, "sparsity")
+    if pat.fixed_sparsity is not None and abs(sparsity - pat.fixed_sparsity) > 1e-9:
+        raise ValueError(f"pattern='{pat}' always gives sparsity {pat.fixed_sparsity}; got sparsity={sparsity}")
+    batches = None if data is None else list(data)
+    if method != "magnitude" and not batches:
+        raise ValueError(f"method={method!r} needs data=<calibration batches>, e.g. 16 batches of 8 x 512 tokens; "
+                         f"data is {'empty' if batches is not None else 'None'}")
+
+    config = AutoConfig.from_pretrained(src)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    found = find_blocks(meta)
+    if found is None:
+        raise ValueError(f"{type(meta).__name__} has no repeated blocks (an nn.ModuleList of same-type layers with "
+                         "Linear layers); load it and use prunekit.recipes.oneshot")
+    name, meta_blocks = found
+    per_block = _per_block(layer_sparsity, sparsity, len(meta_blocks), pat)
+    files = _weight_files(src)
+    _check_layout(src, files, meta)
+    del meta  # (meta tensors take no memory; the blocks are still referenced)
+
+    started = time.perf_counter()
+    work = tempfile.mkdtemp(prefix=".prunekit-", dir=os.path.dirname(os.path.abspath(dst)))
+    bar = progress_bar(total=len(meta_blocks), desc=f"oneshot_shards {method}", unit="block", enabled=progress)
+    job = _Job(method, sparsity, pat, blocksize, percdamp, _NoUndo(), bar)
+    report = SparsityReport()
+    total = len(meta_blocks) + 1
+    weight_map: dict[str, str] = {}
+    try:
+        with threads_in_use(threads), torch.no_grad():
+            shell = _shell(config, name)
+            rest = {k for k in shell.state_dict() if not k.startswith(f"{name}.")}
+            shell_state = shell.state_dict()
+            _read(src, files, [k for k in rest if k in files], into=shell_state)
+            slot = shell.get_submodule(name)
+            captured: list = []
+            for i, meta_block in enumerate(meta_blocks):
+                prefix = f"{name}.{i}."
+                block, dtypes = _materialize(meta_block, prefix, src, files)
+                if i == 0 and method != "magnitude":
+                    slot[0] = block
+                    captured = _capture(shell, block, batches)
+                    slot[0] = nn.Identity()
+                targets = [t for t in find_targets(block, nn.Linear) if isinstance(t.module, nn.Linear)]
+                captured = _prune_block(block, captured, targets, job, per_block[i])
+                finalize(block)
+                part = sparsity_report(block)
+                report.rows += [SparsityRow(**{**vars(r), "name": prefix + r.name}) for r in part.rows]
+                report.model_params += part.model_params
+                report.model_nonzeros += part.model_nonzeros
+                shard = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+                _save(work, shard, {prefix + k: v.to(dtypes[k]) for k, v in block.state_dict().items()}, weight_map)
+                del block
+            del shell, shell_state, captured
+            kept = _read(src, files, [k for k in files if not k.startswith(f"{name}.")])
+            report.model_params += sum(v.numel() for v in kept.values())
+            report.model_nonzeros += sum(int(v.count_nonzero()) for v in kept.values())
+            _save(work, f"model-{total:05d}-of-{total:05d}.safetensors", kept, weight_map)
+            del kept
+        _finish(src, work, dst, weight_map)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _per_block(layer_sparsity, sparsity: float, n: int, pat) -> list[float]:
+    if isinstance(layer_sparsity, str):
+        if layer_sparsity == "uniform":
+            return [sparsity] * n
+        raise ValueError(f"layer_sparsity={layer_sparsity!r}: oneshot_shards takes 'uniform' or one sparsity per "
+                         "block ('owl' needs a dense pass over every block: compute it with "
+                         "prunekit.recipes.owl_sparsities on a model that fits, or prune in memory)")
+    if pat.fixed_sparsity is not None:
+        raise ValueError(f"layer_sparsity needs pattern='unstructured': pattern='{pat}' fixes every block's sparsity")
+    values = list(layer_sparsity)
+    if len(values) != n:
+        raise ValueError(f"layer_sparsity has {len(values)} values for the model's {n} blocks; give one per block")
+    return [fraction(v, f"layer_sparsity[{i}]") for i, v in enumerate(values)]
+
+
+def _save(work: str, shard: str, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(work, shard), metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(tensors, shard))
+
+
+def _finish(src: str, work: str, dst: str, weight_map: dict[str, str]) -> None:
+    """Index, config and tokenizer files into ``work``, then ``work`` becomes ``dst`` in one rename."""
+    size = sum(os.path.getsize(os.path.join(work, f)) for f in set(weight_map.values()))
+    with open(os.path.join(work, INDEX), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+    for entry in os.listdir(src):
+        path = os.path.join(src, entry)
+        if os.path.isfile(path) and not entry.endswith(".safetensors") and entry != INDEX:
+            shutil.copy2(path, os.path.join(work, entry))
+    os.chmod(work, 0o777 & ~_umask())  # mkdtemp made it private; dst gets the usual permissions
+    os.rename(work, dst)

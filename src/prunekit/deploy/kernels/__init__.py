@@ -49,6 +49,27 @@ def _flags(isa: str) -> list[str]:
     return flags
 
 
+def _build_key(here: str, flags: list[str]) -> str:
+    """A hash of what the build depends on: every source and header, the flags, torch and Python.
+
+    The build folder is named by it, so checkouts with the same sources share one build and
+    checkouts with different ones never overwrite each other's (torch's own cache key includes the
+    sources' absolute paths, and one folder per name made two checkouts rebuild in turn).
+    """
+    import sys
+
+    import torch
+
+    digest = hashlib.sha1()
+    for name in sorted(os.listdir(here)):
+        if name.endswith((".cpp", ".h")):
+            digest.update(name.encode())
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+    digest.update(" ".join(flags + [torch.__version__, sys.version]).encode())
+    return digest.hexdigest()[:12]
+
+
 def _announce(name: str) -> None:
     """Say so on stderr when this call will compile (nothing built yet for this name)."""
     import sys
@@ -61,7 +82,7 @@ def _announce(name: str) -> None:
 
 
 def load(isa: str | None = None):
-    """The compiled ``prunekit_sparse_<isa>`` module, or None when it cannot be built here.
+    """The compiled ``prunekit_sparse_<isa>_<hash>`` module, or None when it cannot be built here.
 
     Args:
         isa: ``"avx512"`` or ``"portable"``; None picks the CPU's (see the module docstring). Layers
@@ -78,15 +99,11 @@ def load(isa: str | None = None):
 
         here = os.path.dirname(os.path.abspath(__file__))
         sources = [os.path.join(here, f) for f in ("sparse_linear.cpp", "sparse_int8.cpp")]
-        digest = hashlib.sha1()  # the build cache hashes sources, not the headers they include
-        for name in ("parallel.h", "transpose16.h"):
-            with open(os.path.join(here, name), "rb") as f:
-                digest.update(f.read())
-        header = digest.hexdigest()[:12]
-        _announce(f"prunekit_sparse_{isa}")
-        module = build(name=f"prunekit_sparse_{isa}", sources=sources, extra_include_paths=[here],
-                       extra_cflags=_flags(isa) + [f"-DPRUNEKIT_HEADER={header}"], extra_ldflags=["-fopenmp"],
-                       verbose=False)
+        flags = _flags(isa)
+        name = f"prunekit_sparse_{isa}_{_build_key(here, flags)}"
+        _announce(name)
+        module = build(name=name, sources=sources, extra_include_paths=[here], extra_cflags=flags,
+                       extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # compiler missing, headers missing, ...
         warnings.warn(f"prunekit's sparse CPU kernels could not be built ({type(e).__name__}: {e}); "
                       "sparse layers will run dense", stacklevel=2)

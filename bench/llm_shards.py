@@ -71,11 +71,13 @@ def child(src: str, dst: str, cap: int, method: str) -> None:
 
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     proc = psutil.Process()
-    base, peak, running = proc.memory_info().rss, [proc.memory_info().rss], [True]
+    info = proc.memory_info()
+    base, peak, peak_vms, running = info.rss, [info.rss], [info.vms], [True]
 
     def watch():
         while running[0]:
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            info = proc.memory_info()
+            peak[0], peak_vms[0] = max(peak[0], info.rss), max(peak_vms[0], info.vms)
             time.sleep(0.005)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -88,7 +90,7 @@ def child(src: str, dst: str, cap: int, method: str) -> None:
     seconds = time.perf_counter() - t0
     running[0] = False
     thread.join()
-    print(json.dumps({"peak_rss": peak[0], "rss_at_start": base, "seconds": seconds, "sparsity": report.sparsity,
+    print(json.dumps({"peak_rss": peak[0], "peak_vms": peak_vms[0], "rss_at_start": base, "seconds": seconds, "sparsity": report.sparsity,
                       "zeros": report.numel - report.nonzeros}))
 
 

@@ -78,18 +78,21 @@ def _shares(total: int, parts: list[int], s: float) -> list[int]:
 
 def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float, pattern, old: torch.Tensor | None = None) -> torch.Tensor:
     """Keep-mask from Wanda scores ``|W| * norms`` (norms: L2 norm of each input feature)."""
-    score = weight.detach().float().abs() * norms.float()[None, :]
-    if old is not None:
-        score = score.masked_fill(~old, -torch.inf)
+    rows, cols = weight.shape
+    scale = norms.float()[None, :]
+
+    def score(r0: int, r1: int) -> torch.Tensor:  # a few rows at a time: a huge layer's scores are not all held
+        s = weight[r0:r1].detach().float().abs() * scale
+        return s if old is None else s.masked_fill(~old[r0:r1], -torch.inf)
+
     if isinstance(pattern, NM):
-        keep = pattern.mask(score, 1)
+        keep = pattern.mask(score(0, rows), 1)
         return keep if old is None else keep & old
-    rows, cols = score.shape
     k = torch.tensor(_shares(rows * cols, [cols] * rows, sparsity))
     keep = torch.empty(rows, cols, dtype=torch.bool)
-    step = max(1, _SORT_ELEMENTS // cols)  # rows at a time: the sort's int64 indices stay ~32 MB on a huge layer
+    step = max(1, _SORT_ELEMENTS // cols)  # the sort's int64 indices stay ~32 MB on a huge layer
     for r0 in range(0, rows, step):
-        order = torch.sort(score[r0:r0 + step], dim=1, stable=True).indices
+        order = torch.sort(score(r0, r0 + step), dim=1, stable=True).indices
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(cols).expand(order.shape[0], cols))
         keep[r0:r0 + step] = rank >= k[r0:r0 + step, None]
@@ -180,6 +183,7 @@ class _Job:
     undo: Undo
     bar: Any
     per_block: list[float] | None = None
+    masks: bool = True  # False: zero the pruned weights in place instead of attaching masks
 
     def sparsity_of(self, index: int) -> float:
         return self.sparsity if self.per_block is None else self.per_block[index]
@@ -207,7 +211,11 @@ def _prune_layers(targets: list[Target], stats: dict[int, InputStats] | None, jo
                 ) from None
             with torch.no_grad():
                 t.param.copy_(new.to(t.param.device))
-        attach(t, keep.to(t.param.device), str(pattern))
+        if job.masks:
+            attach(t, keep.to(t.param.device), str(pattern))
+        else:
+            with torch.no_grad():
+                t.param.masked_fill_(~keep.to(t.param.device), 0.0)
 
 
 def _without_cache(kwargs: dict) -> dict:

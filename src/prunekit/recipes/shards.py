@@ -26,7 +26,6 @@ from prunekit._checks import fraction
 from prunekit._io import _umask
 from prunekit._progress import progress as progress_bar
 from prunekit.inputs import threads as threads_in_use
-from prunekit.masks import finalize
 from prunekit.patterns import NM, Unstructured, get_pattern
 from prunekit.recipes.oneshot import METHODS, _capture, _Job, _prune_block, find_blocks
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
@@ -44,58 +43,89 @@ class _NoUndo:
         pass
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _header(path: str) -> tuple[dict, int]:
+    """A safetensors file's header ({name: {dtype, shape, data_offsets}}) and where its data starts."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
 def _weight_files(src: str) -> dict[str, str]:
     """{tensor name: shard file} from the index, or from the single ``model.safetensors``."""
-    from safetensors import safe_open
-
     index = os.path.join(src, INDEX)
     if os.path.exists(index):
         with open(index, encoding="utf-8") as f:
             return dict(json.load(f)["weight_map"])
-    single = os.path.join(src, "model.safetensors")
-    if not os.path.exists(single):
+    if not os.path.exists(os.path.join(src, "model.safetensors")):
         raise ValueError(f"src={src!r} has neither {INDEX} nor model.safetensors; save the model with "
                          "save_pretrained(..., safe_serialization=True)")
-    with safe_open(single, "pt") as f:
-        return {k: "model.safetensors" for k in f.keys()}
+    return dict.fromkeys(_header(os.path.join(src, "model.safetensors"))[0], "model.safetensors")
+
+
+def _bytes(t: torch.Tensor):
+    """A writable byte view of a contiguous CPU tensor (any dtype, bfloat16 included)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
 
 
 def _read(src: str, files: dict[str, str], names: Iterable[str], into: dict[str, torch.Tensor] | None = None
           ) -> dict[str, torch.Tensor]:
-    """The named tensors, each shard opened once and closed after (its mapped pages leave with it).
+    """The named tensors, read with plain file reads (no memory map, whose pages would count as resident).
 
-    With ``into`` ({name: tensor}), each is copied into its tensor as it is read and the dict of what
-    was read holds only 0-d tensors of the stored dtypes, so one block is never in memory twice.
+    With ``into`` ({name: contiguous tensor}), each is read straight into its tensor (cast when the
+    stored dtype differs) and the returned dict holds only 0-d tensors of the stored dtypes, so one
+    block is never in memory twice. safetensors' own API can neither read into a given buffer nor
+    read without mapping the file, hence this reader of its simple format (8-byte header size, JSON
+    header, raw little-endian bytes).
     """
-    from safetensors import safe_open
-
     by_file: dict[str, list[str]] = {}
     for name in names:
         by_file.setdefault(files[name], []).append(name)
     out = {}
     for file, keys in by_file.items():
-        with safe_open(os.path.join(src, file), "pt") as f:
+        path = os.path.join(src, file)
+        header, base = _header(path)
+        with open(path, "rb", buffering=0) as f:
             for k in keys:
-                tensor = f.get_tensor(k)
-                if into is None:
-                    out[k] = tensor
+                info = header[k]
+                dtype, (begin, end) = _DTYPES[info["dtype"]], info["data_offsets"]
+                dest = None if into is None else into[k]
+                direct = dest is not None and dest.dtype == dtype and dest.is_contiguous()
+                buffer = dest if direct else torch.empty(info["shape"], dtype=dtype)
+                view = memoryview(_bytes(buffer))
+                if end - begin != len(view):
+                    raise ValueError(f"{file}: tensor {k!r} has {end - begin} bytes, its shape needs {len(view)}")
+                f.seek(base + begin)
+                done = 0
+                while done < len(view):
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise ValueError(f"{file} ends inside tensor {k!r}: the shard is truncated")
+                    done += n
+                if dest is None:
+                    out[k] = buffer
                 else:
-                    into[k].copy_(tensor)
-                    out[k] = torch.zeros((), dtype=tensor.dtype)
-                del tensor
+                    if not direct:
+                        dest.copy_(buffer)
+                    out[k] = torch.zeros((), dtype=dtype)
+                del buffer, view
     return out
 
 
 def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
     """The shards hold exactly the model's tensors, in its shapes (tied copies may be absent)."""
-    from safetensors import safe_open
-
     expected = meta.state_dict(keep_vars=True)
     stored: dict[str, tuple] = {}
     for file in sorted(set(files.values())):
-        with safe_open(os.path.join(src, file), "pt") as f:
-            for k in f.keys():
-                stored[k] = tuple(f.get_slice(k).get_shape())
+        for k, info in _header(os.path.join(src, file))[0].items():
+            stored[k] = tuple(info["shape"])
     extra = sorted(set(stored) - set(expected))
     present = {id(expected[k]) for k in stored if k in expected}
     missing = sorted(k for k in set(expected) - set(stored) if id(expected[k]) not in present)
@@ -109,15 +139,62 @@ def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
 
 
 def _shell(config, blocks_name: str) -> nn.Module:
-    """The model with its repeated blocks removed (everything else real), to run up to the first block."""
+    """The model without its repeated blocks (everything else real), to run up to the first block.
+
+    Built with no blocks where the architecture allows (one otherwise, replaced at once), so that
+    no block-sized random initialization ever happens.
+    """
     from transformers import AutoModelForCausalLM
 
-    small = copy.deepcopy(config)
-    small.num_hidden_layers = 1
-    model = AutoModelForCausalLM.from_config(small, dtype=torch.float32).eval()
-    model.get_submodule(blocks_name)[0] = nn.Identity()  # freed now; each block is put in its place
+    model = None
+    for layers in (0, 1):
+        small = copy.deepcopy(config)
+        small.num_hidden_layers = layers
+        try:
+            model = AutoModelForCausalLM.from_config(small, dtype=torch.float32).eval()
+            break
+        except Exception:
+            if layers:
+                raise
+    slot = model.get_submodule(blocks_name)
+    while len(slot):
+        del slot[len(slot) - 1]
+    slot.append(nn.Identity())  # each block is put in this place in turn
     model.config.num_hidden_layers = config.num_hidden_layers  # the forward loops over this many
     return model
+
+
+def _give_back_memory() -> None:
+    """Return freed heap memory to the OS between blocks (glibc keeps it otherwise: GBs on big layers)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _write(path: str, tensors: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype]) -> None:
+    """A safetensors file written one tensor at a time (safetensors' save_file first copies them all
+    into one buffer: a second block in memory), each cast to its dtype on disk as it is written."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for k, t in tensors.items():
+        dtype = dtypes.get(k, t.dtype)
+        size = t.numel() * torch.empty((), dtype=dtype).element_size()
+        header[k] = {"dtype": _NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for k, t in tensors.items():
+            f.write(memoryview(_bytes(t.detach().to(dtypes.get(k, t.dtype)).contiguous())))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _materialize(meta_block: nn.Module, prefix: str, src: str, files: dict[str, str]) -> tuple[nn.Module, dict]:
@@ -209,7 +286,7 @@ def oneshot_shards(
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix=".prunekit-", dir=os.path.dirname(os.path.abspath(dst)))
     bar = progress_bar(total=len(meta_blocks), desc=f"oneshot_shards {method}", unit="block", enabled=progress)
-    job = _Job(method, sparsity, pat, blocksize, percdamp, _NoUndo(), bar)
+    job = _Job(method, sparsity, pat, blocksize, percdamp, _NoUndo(), bar, masks=False)
     report = SparsityReport()
     total = len(meta_blocks) + 1
     weight_map: dict[str, str] = {}
@@ -230,19 +307,24 @@ def oneshot_shards(
                     slot[0] = nn.Identity()
                 targets = [t for t in find_targets(block, nn.Linear) if isinstance(t.module, nn.Linear)]
                 captured = _prune_block(block, captured, targets, job, per_block[i])
-                finalize(block)
                 part = sparsity_report(block)
                 report.rows += [SparsityRow(**{**vars(r), "name": prefix + r.name}) for r in part.rows]
                 report.model_params += part.model_params
                 report.model_nonzeros += part.model_nonzeros
                 shard = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-                _save(work, shard, {prefix + k: v.to(dtypes[k]) for k, v in block.state_dict().items()}, weight_map)
-                del block
+                state = {prefix + k: v for k, v in block.state_dict().items()}
+                _write(os.path.join(work, shard), state, {prefix + k: v for k, v in dtypes.items()})
+                weight_map.update(dict.fromkeys(state, shard))
+                del block, state, targets  # the targets hold the block's weights too
+                _give_back_memory()
             del shell, shell_state, captured
+            _give_back_memory()
             kept = _read(src, files, [k for k in files if not k.startswith(f"{name}.")])
             report.model_params += sum(v.numel() for v in kept.values())
             report.model_nonzeros += sum(int(v.count_nonzero()) for v in kept.values())
-            _save(work, f"model-{total:05d}-of-{total:05d}.safetensors", kept, weight_map)
+            shard = f"model-{total:05d}-of-{total:05d}.safetensors"
+            _write(os.path.join(work, shard), kept, {})
+            weight_map.update(dict.fromkeys(kept, shard))
             del kept
         _finish(src, work, dst, weight_map)
     except BaseException:
@@ -267,13 +349,6 @@ def _per_block(layer_sparsity, sparsity: float, n: int, pat) -> list[float]:
     if len(values) != n:
         raise ValueError(f"layer_sparsity has {len(values)} values for the model's {n} blocks; give one per block")
     return [fraction(v, f"layer_sparsity[{i}]") for i, v in enumerate(values)]
-
-
-def _save(work: str, shard: str, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(work, shard), metadata={"format": "pt"})
-    weight_map.update(dict.fromkeys(tensors, shard))
 
 
 def _finish(src: str, work: str, dst: str, weight_map: dict[str, str]) -> None:

@@ -145,7 +145,9 @@ def main() -> None:
         zeros = sum(int((lin.weight == 0).sum()) for lin in model.model.layers.modules()
                     if isinstance(lin, torch.nn.Linear))
         model.model.layers = pk.deploy.dynamic_int8(model.model.layers)
-        packed = [lin.weight() for lin in model.model.layers.modules() if hasattr(lin, "_packed_params")]
+        packed = [lin.weight() for lin in model.model.layers.modules()
+                  if isinstance(lin, torch.ao.nn.quantized.dynamic.Linear)]
+        assert len(packed) == 7 * len(model.model.layers), "not every decoder Linear is int8"
         assert sum(int((w.int_repr() == 0).sum()) for w in packed) >= zeros, "int8 lost zeros"
         int8 = ppl(model)
         row = {"method": method, "pattern": pattern, "sparsity": report.sparsity, "ppl": result.ppl,

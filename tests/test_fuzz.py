@@ -190,8 +190,10 @@ def test_recipe_text_gives_a_recipe_or_a_value_error(kind, sparsity, extra):
 @given(method=st.sampled_from(["sparsegpt", "wanda", "magnitude", "obs"]), sparsity=st.one_of(st.none(), numbers),
        pattern=st.sampled_from(["unstructured", "2:4", "4:8", "block:1x4", "3:2"]),
        blocksize=st.sampled_from([1, 16, 128, 0]), percdamp=st.sampled_from([0.0, 0.01, 1.0, -0.1]),
-       batches=st.sampled_from(["tensors", "empty", "wrong-width", "pairs"]))
-def test_oneshot_prunes_exactly_or_refuses_unchanged(method, sparsity, pattern, blocksize, percdamp, batches):
+       batches=st.sampled_from(["tensors", "empty", "wrong-width", "pairs"]),
+       layer_sparsity=st.sampled_from(["uniform", "owl", "balanced", (0.5, 0.5)]))
+def test_oneshot_prunes_exactly_or_refuses_unchanged(method, sparsity, pattern, blocksize, percdamp, batches,
+                                                     layer_sparsity):
     from prunekit.recipes import oneshot
 
     torch.manual_seed(0)
@@ -199,7 +201,8 @@ def test_oneshot_prunes_exactly_or_refuses_unchanged(method, sparsity, pattern, 
     before = snapshot(model)
     data = {"tensors": [torch.randn(4, 16)] * 2, "empty": [], "wrong-width": [torch.randn(4, 15)],
             "pairs": [(torch.randn(4, 16), torch.zeros(4))]}[batches]
-    kwargs = dict(method=method, sparsity=sparsity, pattern=pattern, blocksize=blocksize, percdamp=percdamp)
+    kwargs = dict(method=method, sparsity=sparsity, pattern=pattern, blocksize=blocksize, percdamp=percdamp,
+                  layer_sparsity=layer_sparsity)
     try:
         with __import__("warnings").catch_warnings():
             __import__("warnings").simplefilter("ignore")
@@ -212,6 +215,39 @@ def test_oneshot_prunes_exactly_or_refuses_unchanged(method, sparsity, pattern, 
     for row in report.rows:
         assert row.numel - row.nonzeros >= round(s * row.numel) - 1, row
 
+
+
+@slow
+@given(method=st.sampled_from(["sparsegpt", "wanda", "magnitude", "obs"]), sparsity=st.one_of(st.none(), numbers),
+       pattern=st.sampled_from(["unstructured", "2:4", "block:1x4"]),
+       layer_sparsity=st.sampled_from(["uniform", "owl", (0.3, 0.6), (0.5,)]),
+       dst=st.sampled_from(["new", "exists", "nested-missing"]), batches=st.sampled_from(["tokens", "empty", "none"]))
+def test_oneshot_shards_writes_a_loadable_folder_or_nothing(tmp_path_factory, method, sparsity, pattern, layer_sparsity,
+                                                            dst, batches):
+    transformers = pytest.importorskip("transformers")
+    from prunekit.recipes import oneshot_shards
+    from tests.recipes.test_oneshot import llama
+
+    root = tmp_path_factory.mktemp("shards")
+    llama().save_pretrained(root / "src", max_shard_size="60KB")
+    before = {f: (root / "src" / f).read_bytes() for f in os.listdir(root / "src")}
+    out = {"new": root / "dst", "exists": root / "src", "nested-missing": root / "no" / "dst"}[dst]
+    data = {"tokens": [{"input_ids": torch.randint(0, 96, (2, 8))}] * 2, "empty": [], "none": None}[batches]
+    kwargs = dict(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity, dst=out)
+    try:
+        report = oneshot_shards(root / "src", out, data, method=method, sparsity=sparsity, pattern=pattern,
+                                layer_sparsity=layer_sparsity)
+    except ERRORS as e:
+        assert _arg_named(str(e), kwargs), f"{type(e).__name__}: {e}"
+        assert {f: (root / "src" / f).read_bytes() for f in os.listdir(root / "src")} == before
+        assert sorted(p.name for p in root.iterdir()) == ["src"]  # nothing written, no temporary folder
+        return
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    zeros = sum(int((m.weight == 0).sum()) for m in model.model.layers.modules() if isinstance(m, nn.Linear))
+    assert zeros == report.numel - report.nonzeros
+    wanted = 0.5 if pattern != "unstructured" else (
+        float(sparsity) if layer_sparsity == "uniform" else sum(layer_sparsity) / len(layer_sparsity))
+    assert report.sparsity == pytest.approx(wanted, abs=2e-3)  # both blocks have the same size
 
 FACTORY = '''
 import torch

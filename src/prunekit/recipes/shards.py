@@ -255,6 +255,8 @@ def oneshot_shards(
                          "save_pretrained wrote")
     if os.path.lexists(dst):
         raise ValueError(f"dst={dst!r} exists; pass a new folder (nothing is overwritten)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise ValueError(f"dst={dst!r}: its parent folder does not exist; create it first")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
     pat = get_pattern(pattern)

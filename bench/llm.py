@@ -13,8 +13,9 @@ For each method at 50%, 60%, 70% unstructured, 2:4 and 4:8 (the Linear layers of
 embeddings and the tied head stay dense), prunekit.recipes.oneshot block by block, then perplexity
 on the same windows (prunekit.perplexity), also with the decoder blocks' Linear layers in dynamic
 int8 on top (PyTorch's fbgemm kernels; zeros stay zero). "+owl" is OWL's outlier-weighted sparsity
-per block (``layer_sparsity="owl"``, unstructured only). Also the time to prune and peak resident
-memory.
+per block (``layer_sparsity="owl"``, unstructured only). "depth" rows remove that fraction of the
+30 decoder layers, the least influential ones (``prunekit.structured.drop_blocks``), without recovery.
+Also the time to prune and peak resident memory.
 
 Run: ``.venv/bin/python bench/llm.py`` (part of ``make bench``). Writes bench/results/llm.{json,md,png}.
 """
@@ -48,7 +49,8 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ROWS = [("unstructured", 0.5, m) for m in ("magnitude", "wanda", "sparsegpt")] + [
     ("2:4", None, m) for m in ("magnitude", "wanda", "sparsegpt")] + [
     ("unstructured", 0.7, m) for m in ("wanda", "wanda+owl", "sparsegpt", "sparsegpt+owl")] + [
-    ("unstructured", 0.6, m) for m in ("wanda", "sparsegpt")] + [("4:8", None, m) for m in ("wanda", "sparsegpt")]
+    ("unstructured", 0.6, m) for m in ("wanda", "sparsegpt")] + [("4:8", None, m) for m in ("wanda", "sparsegpt")] + [
+    ("depth", 0.1, "influence"), ("depth", 0.2, "influence")]  # whole decoder layers (drop_blocks), no recovery
 
 
 def parse_rows(text: str) -> list[tuple]:
@@ -58,7 +60,8 @@ def parse_rows(text: str) -> list[tuple]:
     rows = []
     for item in text.split(","):
         setting, method = item.split("/")
-        pattern, _, sparsity = setting.partition(":") if setting.startswith("unstructured") else (setting, "", "")
+        pattern, _, sparsity = setting.partition(":") if setting.startswith(("unstructured", "depth")) else (
+            setting, "", "")
         rows.append((pattern, float(sparsity) if sparsity else None, method))
     return rows
 
@@ -137,8 +140,13 @@ def main() -> None:
         with warnings.catch_warnings(), PeakRSS() as mem:
             warnings.simplefilter("ignore")
             t1 = time.perf_counter()
-            report = pk.recipes.oneshot(model, calib, method=name, sparsity=sparsity, pattern=pattern,
-                                        layer_sparsity=allocation or "uniform")
+            if pattern == "depth":
+                dropped = pk.structured.drop_blocks(model, calib, sparsity=sparsity)
+                fraction_removed = len(dropped.removed) / dropped.blocks_before
+            else:
+                report = pk.recipes.oneshot(model, calib, method=name, sparsity=sparsity, pattern=pattern,
+                                            layer_sparsity=allocation or "uniform")
+                fraction_removed = report.sparsity
             seconds = time.perf_counter() - t1
         result = ppl(model)
         pk.finalize(model)
@@ -150,7 +158,7 @@ def main() -> None:
         assert len(packed) == 7 * len(model.model.layers), "not every decoder Linear is int8"
         assert sum(int((w.int_repr() == 0).sum()) for w in packed) >= zeros, "int8 lost zeros"
         int8 = ppl(model)
-        row = {"method": method, "pattern": pattern, "sparsity": report.sparsity, "ppl": result.ppl,
+        row = {"method": method, "pattern": pattern, "sparsity": fraction_removed, "ppl": result.ppl,
                "ratio": result.ppl / base.ppl, "ppl_int8": int8.ppl, "seconds": seconds,
                "peak_extra_mb": mem.extra_mb}
         print(json.dumps(row), flush=True)

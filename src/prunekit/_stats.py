@@ -13,8 +13,7 @@ class _Last:
     (q/k/v, gate/up) compute ``X^T X`` once."""
 
     def __init__(self):
-        self.key = None
-        self.value = None
+        self.key = self.value = self.input = None
 
 
 class InputStats:
@@ -42,6 +41,8 @@ class InputStats:
         if key is not None and self.shared is not None and self.shared.key == key:
             rows, value = self.shared.value
         else:
+            if self.shared is not None:  # drop the previous layer's statistic before computing this one
+                self.shared.key = self.shared.value = self.shared.input = None
             x = raw.detach().reshape(-1, raw.shape[-1]).float().cpu()
             rows, value = x.shape[0], (x.T @ x if self.full else x.square().sum(0))
             if key is not None and self.shared is not None:

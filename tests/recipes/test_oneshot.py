@@ -216,9 +216,9 @@ def test_owl_gives_blocks_with_more_outliers_more_weights_and_averages_to_the_ta
         for lin in (m for m in model.model.layers[3].modules() if isinstance(m, nn.Linear)):
             lin.weight.view(-1)[::97] *= 50
     batches = calibration()
-    blocks = model.model.layers
-    targets = [t for t in pk.targets.find_targets(model, nn.Linear) if "layers" in t.fqn]
-    chosen = oneshot.__globals__["owl_sparsities"](model, blocks, batches, targets, 0.6, 5.0, 0.1)
+    before = snapshot(model)
+    chosen = pk.recipes.owl_sparsities(model, batches, 0.6, owl_lambda=0.1)
+    assert_unchanged(model, before)
     assert sum(chosen) / 4 == pytest.approx(0.6)
     assert max(chosen) - min(chosen) == pytest.approx(0.2)
     assert min(chosen) == chosen[3]
@@ -247,3 +247,60 @@ def test_wanda_sorting_rows_in_chunks_gives_the_same_mask(monkeypatch):
     monkeypatch.setattr(module, "_SORT_ELEMENTS", 24 * 5)  # 5 rows at a time, the last chunk short
     assert torch.equal(wanda_mask(weight, norms, 0.55, pk.patterns.get_pattern("unstructured")), whole)
     assert int((~whole).sum()) == round(0.55 * weight.numel())
+
+
+def test_owl_refuses_block_sparsities_outside_0_1_instead_of_clipping_them():
+    model = llama(layers=4)
+    with torch.no_grad():
+        for lin in (m for m in model.model.layers[3].modules() if isinstance(m, nn.Linear)):
+            lin.weight.view(-1)[::97] *= 50
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="owl_lambda=0.2; every block must stay in"):  # the min block gets >= 0.9 + 0.2 / 2
+        oneshot(model, calibration(), method="wanda", sparsity=0.9, layer_sparsity="owl", owl_lambda=0.2)
+    assert_unchanged(model, before)
+
+
+def test_wanda_keeps_earlier_zeros_pruned():
+    torch.manual_seed(0)
+    weight, norms = torch.randn(6, 16), torch.rand(16)
+    old = torch.ones(6, 16, dtype=torch.bool)
+    old[:, :8] = False  # half of every row already pruned, the largest scores among them
+    weight[:, :8] *= 100
+    keep = wanda_mask(weight, norms, 0.5, pk.patterns.get_pattern("unstructured"), old)
+    assert not keep[:, :8].any() and keep[:, 8:].all()
+
+
+def test_a_single_number_for_layer_sparsity_says_to_use_sparsity():
+    with pytest.raises(TypeError, match="use sparsity="):
+        oneshot(llama(), calibration(), method="wanda", sparsity=0.5, layer_sparsity=0.5)
+
+
+def qwen2_sliding(seed=0):
+    """Layer 0 full attention, layer 1 a 4-token sliding window: the model hands each its own mask."""
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert cfg.layer_types == ["full_attention", "sliding_attention"]
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
+def test_each_block_is_calibrated_with_its_own_attention_mask():
+    """Reference: block 1's input norms from real forward passes of the model with block 0 pruned."""
+    from prunekit._stats import InputStats
+
+    model, twin = qwen2_sliding(), qwen2_sliding()
+    batches = [{"input_ids": b} for b in calibration()]
+    oneshot(model, batches, method="wanda", sparsity=0.5)
+    oneshot(twin, batches, method="wanda", sparsity=0.5, include="model.layers.0")  # block 0 alone, as above
+    block = twin.model.layers[1]
+    layers = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    stats = {n: InputStats(m) for n, m in layers.items()}
+    with torch.no_grad():
+        for b in batches:
+            twin(**b)
+    got = pk.masks(model)
+    for n, st in stats.items():
+        st.remove()
+        want = wanda_mask(layers[n].weight, st.norms(), 0.5, pk.patterns.get_pattern("unstructured"))
+        assert torch.equal(got[f"model.layers.1.{n}.weight"], want), n

@@ -14,7 +14,7 @@ import torch
 
 import prunekit as pk
 from prunekit.recipes import oneshot, oneshot_shards
-from tests.recipes.test_oneshot import calibration, llama
+from tests.recipes.test_oneshot import calibration, llama, qwen2_sliding
 
 transformers = pytest.importorskip("transformers")
 
@@ -150,3 +150,36 @@ def test_bad_input_names_the_argument_and_writes_nothing(saved, tmp_path, setup,
     assert tree(src) == before and sorted(os.listdir(tmp_path)) == listing
     if (dst / "keep.txt").exists():
         assert (dst / "keep.txt").read_text() == "mine"
+
+
+def gpt_neo():
+    """GPT-Neo's blocks hold buffers the checkpoint does not store (each layer's causal mask, local or global)."""
+    torch.manual_seed(0)
+    cfg = transformers.GPTNeoConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                                    attention_types=[[["global", "local"], 1]], window_size=4, max_position_embeddings=64)
+    return transformers.GPTNeoForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [gpt_neo, qwen2_sliding], ids=["gpt-neo", "qwen2-sliding-window"])
+def test_models_with_per_layer_masks_prune_as_in_memory(tmp_path, make):
+    model = make()
+    model.save_pretrained(tmp_path / "src")
+    oneshot_shards(tmp_path / "src", tmp_path / "dst", batches(), method="sparsegpt", sparsity=0.5)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "dst").eval()
+    expected = copy.deepcopy(model)
+    oneshot(expected, batches(), method="sparsegpt", sparsity=0.5)
+    pk.finalize(expected)
+    got, want = loaded.state_dict(), expected.state_dict()
+    for k in want:
+        assert torch.equal(got[k] == 0, want[k] == 0), k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_config_and_tokenizer_files_are_copied_other_weights_are_not(saved, tmp_path):
+    src = saved[1]
+    (src / "tokenizer.json").write_text('{"version": "1.0"}')
+    (src / "pytorch_model.bin").write_bytes(b"dense weights")
+    oneshot_shards(src, tmp_path / "dst", batches(), method="magnitude", sparsity=0.5)
+    names = set(os.listdir(tmp_path / "dst"))
+    assert {"config.json", "tokenizer.json", "model.safetensors.index.json"} <= names
+    assert "pytorch_model.bin" not in names and not any(n.startswith(".prunekit-") for n in os.listdir(tmp_path))

@@ -89,3 +89,19 @@ def test_bad_input_changes_nothing(kwargs, words):
 def test_a_model_without_blocks_says_what_it_has():
     with pytest.raises(ValueError, match="no repeated blocks"):
         drop_blocks(torch.nn.Sequential(torch.nn.Linear(4, 4)), which=[0])
+
+
+def test_a_config_that_plans_layers_by_index_is_refused_and_the_model_put_back():
+    """Qwen2-MoE picks dense or expert MLPs by layer index (mlp_only_layers): renumbering breaks that."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                                      shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                                      num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                      mlp_only_layers=[1])
+    model = transformers.Qwen2MoeForCausalLM(cfg).eval()
+    before, blocks = snapshot(model), list(model.model.layers)
+    with pytest.raises(ValueError, match="config no longer builds the same layers"):
+        drop_blocks(model, which=[0])
+    assert list(model.model.layers) == blocks and model.config.num_hidden_layers == 3
+    assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1, 2]
+    assert_unchanged(model, before)

@@ -96,7 +96,7 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float, patte
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(cols).expand(order.shape[0], cols))
         keep[r0:r0 + step] = rank >= k[r0:r0 + step, None]
-    return keep
+    return keep if old is None else keep & old  # a weight pruned before stays pruned
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern, old: torch.Tensor | None = None) -> torch.Tensor:
@@ -317,14 +317,7 @@ def oneshot(
         raise ValueError(f"pattern='{pat}' always gives sparsity {pat.fixed_sparsity}; got sparsity={sparsity}")
     if blocksize < 1 or not 0 <= percdamp < 1:
         raise ValueError(f"blocksize={blocksize} must be >= 1 and percdamp={percdamp} in [0, 1)")
-    blocks = find_blocks(model)
-    targets = [t for t in find_targets(model, include if include is not None else nn.Linear, exclude)
-               if isinstance(t.module, nn.Linear)]
-    if blocks is not None:
-        inside = {id(m) for m in blocks[1].modules()}
-        targets = [t for t in targets if id(t.module) in inside]
-    if not targets:
-        raise ValueError("no Linear layers to prune: check include/exclude")
+    blocks, targets = _blocks_and_targets(model, include, exclude)
     for t in targets:
         pat.check(t.param.shape, t.fqn, t.out_dim, t.in_dim)
     per_block = _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda)
@@ -345,7 +338,7 @@ def oneshot(
     try:
         with threads_in_use(threads), modes(model), torch.no_grad():
             if per_block == "owl":
-                per_block = owl_sparsities(model, blocks[1], batches, targets, sparsity, owl_m, owl_lambda)
+                per_block = _owl(model, blocks[1], batches, targets, sparsity, owl_m, owl_lambda)
             job.per_block = per_block
             if blocks is None:
                 warnings.warn("no repeated blocks (nn.ModuleList of same-type layers) found: statistics come from "
@@ -384,26 +377,104 @@ def _whole_model(model, batches, targets, job: _Job):
     job.bar.update(1)
 
 
-def _capture(model: nn.Module, first_block: nn.Module, batches: list) -> list[tuple[tuple, dict]]:
-    """The (args, kwargs) each calibration batch hands the first repeated block (the model stops there)."""
-    captured: list[tuple[tuple, dict]] = []
+class _Probe(nn.Module):
+    """Stands in for block ``index`` in the capture pass: records the call and passes the hidden state on
+    in the shape of a real block's output (the last probe stops the model)."""
 
-    def catch(module, args, kwargs):
-        captured.append((args, _without_cache(kwargs)))
+    def __init__(self, index: int, calls: list, last: bool, like: Any):
+        super().__init__()
+        self.index, self.calls, self.last, self.like = index, calls, last, like
+
+    def forward(self, *args, **kwargs):
+        self.calls[self.index].append((args, _without_cache(kwargs)))
+        if self.last:
+            raise _Stop
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if isinstance(self.like, (tuple, list)):
+            return type(self.like)([hidden] + [None] * (len(self.like) - 1))
+        return hidden
+
+
+def _refill(slot: nn.ModuleList, modules: list[nn.Module]) -> None:
+    while len(slot):
+        del slot[len(slot) - 1]
+    slot.extend(modules)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _capture(model: nn.Module, slot: nn.ModuleList, batches: list, first: nn.Module, n: int):
+    """What each calibration batch hands the blocks: ``(calls, kwargs_for)``.
+
+    ``calls``: the (args, kwargs) of block 0 per batch. ``kwargs_for[i][b]``: the keyword arguments
+    block ``i`` gets for batch ``b`` where some block's differ from block 0's (Gemma, Qwen2 and others
+    give sliding-window layers their own mask and rotary embedding), else None. One pass of the model
+    with every block replaced by a probe (no block is computed; the model stops at the last probe),
+    after block 0 has run once to show what a block returns. ``slot`` holds the blocks (or one of
+    them) and is restored.
+    """
+    original = list(slot)
+    outputs: list = []
+
+    def learn(module, args, output):
+        outputs.append(output)
         raise _Stop
 
-    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
+    calls: list[list] = [[] for _ in range(n)]
     try:
+        _refill(slot, [first] + original[1:])
+        handle = first.register_forward_hook(learn)
+        try:
+            try:
+                _run(model, batches[0], 0)
+            except _Stop:
+                pass
+        finally:
+            handle.remove()
+        if not outputs:
+            raise ValueError("the calibration batches did not reach the model's repeated blocks")
+        _refill(slot, [_Probe(i, calls, i == n - 1, outputs[0]) for i in range(n)])
         for i, batch in enumerate(batches):
             try:
                 _run(model, batch, i)
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    if len(captured) != len(batches):
-        raise ValueError("the calibration batches did not reach the model's repeated blocks")
-    return captured
+        _refill(slot, original)
+    if any(len(c) != len(batches) for c in calls):
+        raise ValueError("the calibration batches did not reach every repeated block once each")
+    base = calls[0]
+    kwargs_for, differ = [], False
+    for i in range(n):
+        mine = []
+        for b, (_, kwargs) in enumerate(calls[i]):
+            ref = base[b][1]
+            kept = {k: (ref[k] if k in ref and _same(v, ref[k]) else v) for k, v in kwargs.items()}
+            differ |= kept.keys() != ref.keys() or any(kept[k] is not ref[k] for k in kept)
+            mine.append(kept)
+        kwargs_for.append(mine)
+    return base, (kwargs_for if differ else None)
+
+
+def _with_kwargs(captured: list, kwargs_for_block: list[dict]) -> list:
+    """The captured calls with each batch's keyword arguments replaced by the block's own."""
+    out = []
+    for (args, kwargs), mine in zip(captured, kwargs_for_block):
+        if not args and "hidden_states" in kwargs:  # the hidden state travels as a keyword
+            mine = {**mine, "hidden_states": kwargs["hidden_states"]}
+        out.append((args, mine))
+    return out
 
 
 def _prune_block(block: nn.Module, captured: list, targets: list[Target], job: _Job, s: float) -> list:
@@ -431,11 +502,28 @@ def _prune_block(block: nn.Module, captured: list, targets: list[Target], job: _
 
 
 def _sequential(model, blocks: nn.ModuleList, batches, targets, job: _Job):
-    captured = _capture(model, blocks[0], batches) if job.method != "magnitude" else []
+    captured, kwargs_for = [], None
+    if job.method != "magnitude":
+        captured, kwargs_for = _capture(model, blocks, batches, blocks[0], len(blocks))
     for index, block in enumerate(blocks):
         inside = {id(m) for m in block.modules()}
         mine = [t for t in targets if id(t.module) in inside]
+        if index and kwargs_for is not None:
+            captured = _with_kwargs(captured, kwargs_for[index])
         captured = _prune_block(block, captured, mine, job, job.sparsity_of(index))
+
+
+def _blocks_and_targets(model: nn.Module, include: Selector, exclude: Selector):
+    """The repeated blocks (or None) and the Linear targets inside them (all Linears without blocks)."""
+    blocks = find_blocks(model)
+    targets = [t for t in find_targets(model, include if include is not None else nn.Linear, exclude)
+               if isinstance(t.module, nn.Linear)]
+    if blocks is not None:
+        inside = {id(m) for m in blocks[1].modules()}
+        targets = [t for t in targets if id(t.module) in inside]
+    if not targets:
+        raise ValueError("no Linear layers to prune: check include/exclude")
+    return blocks, targets
 
 
 def _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda) -> list[float] | str | None:
@@ -458,6 +546,9 @@ def _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda) -> lis
                          "layers) and this model has none; use layer_sparsity='uniform'")
     if layer_sparsity == "owl":
         return "owl"
+    if not isinstance(layer_sparsity, Sequence):
+        raise TypeError(f"layer_sparsity={layer_sparsity!r} must be 'uniform', 'owl' or one sparsity per block "
+                        "(a list); for one value for every block use sparsity=")
     values = list(layer_sparsity)
     if len(values) != len(blocks[1]):
         raise ValueError(f"layer_sparsity has {len(values)} values for the {len(blocks[1])} blocks of "
@@ -465,13 +556,31 @@ def _check_layer_sparsity(layer_sparsity, blocks, pat, owl_m, owl_lambda) -> lis
     return [fraction(v, f"layer_sparsity[{i}]") for i, v in enumerate(values)]
 
 
-def owl_sparsities(model: nn.Module, blocks: nn.ModuleList, batches: list, targets: list[Target], sparsity: float,
-                   m: float = 5.0, lam: float = 0.08) -> list[float]:
-    """OWL's per-block sparsities from one dense forward pass over ``batches``.
+def owl_sparsities(model: nn.Module, data: Iterable[Any], sparsity: float, owl_m: float = 5.0,
+                   owl_lambda: float = 0.08, include: Selector = None, exclude: Selector = None) -> list[float]:
+    """OWL's sparsity for each repeated block (Yin et al. 2024), from one dense forward pass over ``data``.
 
-    A block's outlier ratio is the fraction of its Wanda scores ``|W| * ||X||`` above ``m`` times their
-    mean; ratios are scaled to ``[0, 2 lam]``, and block ``l`` keeps ``1 - sparsity + r_l - mean(r)``.
+    A block's outlier ratio is the fraction of its Wanda scores ``|W| * ||X||`` above ``owl_m`` times
+    their mean; ratios are scaled to ``[0, 2 owl_lambda]`` and block ``l`` gets
+    ``sparsity - (r_l - mean(r))``, so the blocks average to ``sparsity``. Changes nothing. Pass the
+    result as ``layer_sparsity=`` to :func:`oneshot` or :func:`oneshot_shards` (compute it on a model
+    that fits, e.g. in bfloat16, then prune the full one from its shards).
+
+    Example:
+        >>> per_block = prunekit.recipes.owl_sparsities(llm, batches, 0.7)
+        >>> prunekit.recipes.oneshot(llm, batches, method="wanda", sparsity=0.7, layer_sparsity=per_block)
     """
+    sparsity = fraction(sparsity, "sparsity")
+    blocks, targets = _blocks_and_targets(model, include, exclude)
+    _check_layer_sparsity("owl", blocks, get_pattern("unstructured"), owl_m, owl_lambda)
+    batches = list(data)
+    if not batches:
+        raise ValueError("data is empty: OWL needs calibration batches, e.g. 16 batches of 8 x 512 tokens")
+    with modes(model), torch.no_grad():
+        return _owl(model, blocks[1], batches, targets, sparsity, owl_m, owl_lambda)
+
+
+def _owl(model, blocks: nn.ModuleList, batches: list, targets: list[Target], sparsity: float, m: float, lam: float):
     stats = dict(zip(map(id, targets), gather([t.module for t in targets])))
     try:
         for i, batch in enumerate(batches):
@@ -488,5 +597,11 @@ def owl_sparsities(model: nn.Module, blocks: nn.ModuleList, batches: list, targe
     r = torch.tensor(ratios, dtype=torch.float64)
     spread = r.max() - r.min()
     r = (r - r.min()) / spread * (2 * lam) if spread > 0 else torch.zeros_like(r)
-    keep = 1.0 - sparsity + r - r.mean()
-    return [min(max(1.0 - k, 0.0), 0.999) for k in keep.tolist()]
+    out = (sparsity - (r - r.mean())).tolist()
+    bad = [(i, v) for i, v in enumerate(out) if not 0.0 <= v < 1.0]
+    if bad:
+        i, v = bad[0]
+        raise ValueError(f"OWL gives block {i} sparsity {v:.3f} with sparsity={sparsity} and owl_lambda={lam}; every "
+                         "block must stay in [0, 1) for the mean to be kept: lower owl_lambda (e.g. "
+                         f"{max(0.0, min(sparsity, 1 - sparsity) / 2 - 0.005):.3f}) or the sparsity")
+    return out

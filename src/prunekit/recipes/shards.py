@@ -1,8 +1,9 @@
 """One-shot pruning of a Hugging Face causal LM straight from its safetensors shards, one block at a time.
 
 For a model larger than memory. Only the parts outside the repeated blocks (embeddings, final norm,
-head) and one block are ever loaded: the model is built on the ``meta`` device to learn its layout,
-a one-block copy of it turns calibration batches into the first block's inputs, then each block is
+head) and one block are ever loaded: the model is built with its parameters on the ``meta`` device
+(buffers real) to learn its layout, runs with one block in place of all of them to turn calibration
+batches into the first block's inputs, then each block is
 read from the shards, pruned exactly as :func:`prunekit.recipes.oneshot` prunes it in memory, run to
 produce the next block's inputs, written as its own shard and freed. The output folder loads with
 ``AutoModelForCausalLM.from_pretrained`` (prunekit is not needed to load it); it appears only when
@@ -11,10 +12,12 @@ everything is written, and the source folder is only read.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Iterable, Sequence
@@ -27,7 +30,7 @@ from prunekit._io import _umask
 from prunekit._progress import progress as progress_bar
 from prunekit.inputs import threads as threads_in_use
 from prunekit.patterns import NM, Unstructured, get_pattern
-from prunekit.recipes.oneshot import METHODS, _capture, _Job, _prune_block, find_blocks
+from prunekit.recipes.oneshot import METHODS, _capture, _Job, _prune_block, _with_kwargs, find_blocks
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
 from prunekit.targets import find_targets
 
@@ -44,8 +47,10 @@ class _NoUndo:
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+           "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "U16": torch.uint16, "U32": torch.uint32,
+           "U64": torch.uint64, "BOOL": torch.bool}
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".pb")
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
@@ -95,6 +100,9 @@ def _read(src: str, files: dict[str, str], names: Iterable[str], into: dict[str,
         with open(path, "rb", buffering=0) as f:
             for k in keys:
                 info = header[k]
+                if info["dtype"] not in _DTYPES:
+                    raise ValueError(f"{file}: tensor {k!r} is stored as {info['dtype']}, which oneshot_shards does "
+                                     f"not read; supported: {sorted(_DTYPES)}")
                 dtype, (begin, end) = _DTYPES[info["dtype"]], info["data_offsets"]
                 dest = None if into is None else into[k]
                 direct = dest is not None and dest.dtype == dtype and dest.is_contiguous()
@@ -121,12 +129,15 @@ def _read(src: str, files: dict[str, str], names: Iterable[str], into: dict[str,
 
 def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
     """The shards hold exactly the model's tensors, in its shapes (tied copies may be absent)."""
+    import re
+
     expected = meta.state_dict(keep_vars=True)
     stored: dict[str, tuple] = {}
     for file in sorted(set(files.values())):
         for k, info in _header(os.path.join(src, file))[0].items():
             stored[k] = tuple(info["shape"])
-    extra = sorted(set(stored) - set(expected))
+    ignored = getattr(meta, "_keys_to_ignore_on_load_unexpected", None) or []  # e.g. old rotary inv_freq copies
+    extra = sorted(k for k in set(stored) - set(expected) if not any(re.search(p, k) for p in ignored))
     present = {id(expected[k]) for k in stored if k in expected}
     missing = sorted(k for k in set(expected) - set(stored) if id(expected[k]) not in present)
     wrong = [f"{k}: {stored[k]} on disk, {tuple(expected[k].shape)} in the config"
@@ -138,30 +149,54 @@ def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
                          "folder must be one model saved with save_pretrained")
 
 
-def _shell(config, blocks_name: str) -> nn.Module:
-    """The model without its repeated blocks (everything else real), to run up to the first block.
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Models built inside get their parameters on the ``meta`` device (no memory) and their buffers
+    for real, so that buffers a checkpoint does not store (rotary frequencies, causal masks) hold
+    the values the model's code computes (accelerate's ``init_empty_weights(include_buffers=False)``)."""
+    original = nn.Module.register_parameter
 
-    Built with no blocks where the architecture allows (one otherwise, replaced at once), so that
-    no block-sized random initialization ever happens.
-    """
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _skeleton(config) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = None
-    for layers in (0, 1):
-        small = copy.deepcopy(config)
-        small.num_hidden_layers = layers
-        try:
-            model = AutoModelForCausalLM.from_config(small, dtype=torch.float32).eval()
-            break
-        except Exception:
-            if layers:
-                raise
-    slot = model.get_submodule(blocks_name)
-    while len(slot):
-        del slot[len(slot) - 1]
-    slot.append(nn.Identity())  # each block is put in this place in turn
-    model.config.num_hidden_layers = config.num_hidden_layers  # the forward loops over this many
-    return model
+    with _parameters_on_meta():
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def _materialize_parameters(module: nn.Module) -> None:
+    """Give every meta parameter of ``module`` an empty float32 CPU tensor, keeping tied ones tied."""
+    made: dict[int, nn.Parameter] = {}
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is None or param.device.type != "meta":
+                continue
+            if id(param) not in made:
+                made[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=torch.float32),
+                                               requires_grad=param.requires_grad)
+            sub._parameters[name] = made[id(param)]
+
+
+def _materialize(meta_block: nn.Module, prefix: str, src: str, files: dict[str, str]) -> tuple[nn.Module, dict]:
+    """A float32 copy of one block with its weights from the shards, and each tensor's dtype on disk."""
+    block = copy.deepcopy(meta_block)
+    _materialize_parameters(block)
+    block.float()
+    state = {prefix + k: v for k, v in block.state_dict().items()}
+    with torch.no_grad():
+        read = _read(src, files, state, into=state)
+    return block.eval(), {k[len(prefix):]: v.dtype for k, v in read.items()}
 
 
 def _give_back_memory() -> None:
@@ -197,15 +232,6 @@ def _write(path: str, tensors: dict[str, torch.Tensor], dtypes: dict[str, torch.
         os.fsync(f.fileno())
 
 
-def _materialize(meta_block: nn.Module, prefix: str, src: str, files: dict[str, str]) -> tuple[nn.Module, dict]:
-    """A float32 copy of one block with its weights from the shards, and each tensor's dtype on disk."""
-    block = copy.deepcopy(meta_block).to_empty(device="cpu").float()
-    state = {prefix + k: v for k, v in block.state_dict().items()}
-    with torch.no_grad():
-        read = _read(src, files, state, into=state)
-    return block.eval(), {k[len(prefix):]: v.dtype for k, v in read.items()}
-
-
 def oneshot_shards(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -223,13 +249,15 @@ def oneshot_shards(
 
     Changes: nothing in ``src``; creates ``dst`` (which must not exist) only when every shard is
     written: the pruned blocks in the dtype they had on disk (one shard each), the rest copied as
-    it was, config and tokenizer files copied. The Linear layers of every repeated block are pruned
+    it was, config and tokenizer files copied (other weight files, such as a ``pytorch_model.bin``,
+    are not). Work happens in a hidden ``.prunekit-*`` folder beside ``dst``, removed on any error;
+    a process killed outright (``kill -9``, out of memory) leaves it behind, to delete by hand. The Linear layers of every repeated block are pruned
     as :func:`prunekit.recipes.oneshot` would prune them in memory (same masks, same SparseGPT
     updates); zeros are real zeros, no masks are stored.
 
     Peak memory: the layers outside the blocks (embeddings, head) + one block in float32 + the
-    calibration activations (two copies of ``batches x tokens x hidden`` floats) + one layer's
-    statistics (SparseGPT: an ``in x in`` Hessian).
+    calibration activations (two copies of ``batches x tokens x hidden`` floats) + one block's
+    statistics (SparseGPT: an ``in x in`` Hessian per Linear).
 
     Args:
         src: a folder written by ``save_pretrained`` (safetensors, sharded or not).
@@ -247,8 +275,10 @@ def oneshot_shards(
         >>> prunekit.recipes.oneshot_shards("llama-folder", "llama-50", batches, method="wanda", sparsity=0.5)
         >>> AutoModelForCausalLM.from_pretrained("llama-50")
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    if sys.byteorder != "little":  # pragma: no cover - safetensors stores little-endian bytes
+        raise RuntimeError("oneshot_shards reads and writes safetensors bytes directly and needs a little-endian CPU")
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.isfile(os.path.join(src, "config.json")):
         raise ValueError(f"src={src!r} is not a Hugging Face model folder (no config.json); pass the folder "
@@ -273,17 +303,20 @@ def oneshot_shards(
                          f"data is {'empty' if batches is not None else 'None'}")
 
     config = AutoConfig.from_pretrained(src)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    found = find_blocks(meta)
+    model = _skeleton(config)  # parameters on meta, buffers real
+    found = find_blocks(model)
     if found is None:
-        raise ValueError(f"{type(meta).__name__} has no repeated blocks (an nn.ModuleList of same-type layers with "
+        raise ValueError(f"{type(model).__name__} has no repeated blocks (an nn.ModuleList of same-type layers with "
                          "Linear layers); load it and use prunekit.recipes.oneshot")
-    name, meta_blocks = found
-    per_block = _per_block(layer_sparsity, sparsity, len(meta_blocks), pat)
+    name, blocks = found
+    per_block = _per_block(layer_sparsity, sparsity, len(blocks), pat)
     files = _weight_files(src)
-    _check_layout(src, files, meta)
-    del meta  # (meta tensors take no memory; the blocks are still referenced)
+    _check_layout(src, files, model)
+    expected = set(model.state_dict())  # what the output keeps (tensors from_pretrained would ignore are left out)
+    meta_blocks = list(blocks)
+    slot = nn.ModuleList([nn.Identity()])  # the model runs with one block at a time in this place
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, slot)
 
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix=".prunekit-", dir=os.path.dirname(os.path.abspath(dst)))
@@ -294,19 +327,19 @@ def oneshot_shards(
     weight_map: dict[str, str] = {}
     try:
         with threads_in_use(threads), torch.no_grad():
-            shell = _shell(config, name)
-            rest = {k for k in shell.state_dict() if not k.startswith(f"{name}.")}
-            shell_state = shell.state_dict()
-            _read(src, files, [k for k in rest if k in files], into=shell_state)
-            slot = shell.get_submodule(name)
+            _materialize_parameters(model)  # embeddings, final norm, head: loaded once, kept throughout
+            state = model.state_dict()
+            _read(src, files, [k for k in state if k in files], into=state)
+            del state
             captured: list = []
+            kwargs_for = None
             for i, meta_block in enumerate(meta_blocks):
                 prefix = f"{name}.{i}."
                 block, dtypes = _materialize(meta_block, prefix, src, files)
                 if i == 0 and method != "magnitude":
-                    slot[0] = block
-                    captured = _capture(shell, block, batches)
-                    slot[0] = nn.Identity()
+                    captured, kwargs_for = _capture(model, slot, batches, block, len(meta_blocks))
+                elif kwargs_for is not None:
+                    captured = _with_kwargs(captured, kwargs_for[i])
                 targets = [t for t in find_targets(block, nn.Linear) if isinstance(t.module, nn.Linear)]
                 captured = _prune_block(block, captured, targets, job, per_block[i])
                 part = sparsity_report(block)
@@ -319,9 +352,9 @@ def oneshot_shards(
                 weight_map.update(dict.fromkeys(state, shard))
                 del block, state, targets  # the targets hold the block's weights too
                 _give_back_memory()
-            del shell, shell_state, captured
+            del model, captured, kwargs_for
             _give_back_memory()
-            kept = _read(src, files, [k for k in files if not k.startswith(f"{name}.")])
+            kept = _read(src, files, [k for k in files if not k.startswith(f"{name}.") and k in expected])
             report.model_params += sum(v.numel() for v in kept.values())
             report.model_nonzeros += sum(int(v.count_nonzero()) for v in kept.values())
             shard = f"model-{total:05d}-of-{total:05d}.safetensors"
@@ -358,9 +391,16 @@ def _finish(src: str, work: str, dst: str, weight_map: dict[str, str]) -> None:
     size = sum(os.path.getsize(os.path.join(work, f)) for f in set(weight_map.values()))
     with open(os.path.join(work, INDEX), "w", encoding="utf-8") as f:
         json.dump({"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
-    for entry in os.listdir(src):
+        f.flush()
+        os.fsync(f.fileno())
+    for entry in os.listdir(src):  # config, generation config, tokenizer, chat template; no other weights
         path = os.path.join(src, entry)
-        if os.path.isfile(path) and not entry.endswith(".safetensors") and entry != INDEX:
+        if os.path.isfile(path) and not entry.endswith(_WEIGHTS) and entry != INDEX:
             shutil.copy2(path, os.path.join(work, entry))
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the folder's entries are on disk before it takes its name
+    finally:
+        os.close(fd)
     os.chmod(work, 0o777 & ~_umask())  # mkdtemp made it private; dst gets the usual permissions
     os.rename(work, dst)

@@ -140,17 +140,51 @@ def drop_blocks(model: nn.Module, data: Iterable[Any] | None = None, sparsity: f
     if len(removed) >= n:
         raise ValueError(f"removing {len(removed)} of {n} blocks leaves none; keep at least one")
     kept = [i for i in range(n) if i not in set(removed)]
-    new = nn.ModuleList([blocks[i] for i in kept])
     parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    parent = model.get_submodule(parent_name) if parent_name else model
+    config = getattr(model, "config", None)
+    saved_config = None if config is None else {k: getattr(config, k, None) for k in ("num_hidden_layers", "layer_types")}
+    indices = [(m, m.layer_idx) for b in blocks for m in b.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    new = nn.ModuleList([blocks[i] for i in kept])
+    setattr(parent, attr, new)
     for position, block in enumerate(new):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = position
-    config = getattr(model, "config", None)
     if config is not None and getattr(config, "num_hidden_layers", None) == n:
         config.num_hidden_layers = len(kept)
         types = getattr(config, "layer_types", None)
         if isinstance(types, list) and len(types) == n:
             config.layer_types = [types[i] for i in kept]
+    problem = _config_mismatch(model)
+    if problem:  # put everything back: the config cannot describe the remaining layers
+        setattr(parent, attr, blocks)
+        for module, index in indices:
+            module.layer_idx = index
+        for k, v in (saved_config or {}).items():
+            if v is not None:
+                setattr(config, k, v)
+        raise ValueError(f"after removing blocks {removed}, {type(model).__name__}'s config no longer builds the "
+                         f"same layers ({problem}): its config describes layers by index in ways prunekit does not "
+                         "update (mixture-of-experts or hybrid layer plans); the model is unchanged")
     return DepthReport(removed, influence, n, len(kept))
+
+
+def _config_mismatch(model: nn.Module) -> str | None:
+    """For a Hugging Face model: the first difference between its tensors and those its config builds."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(type(model), "config_class"):
+        return None
+    import copy
+
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(copy.deepcopy(config))
+    except Exception as e:
+        return f"the config does not build: {type(e).__name__}: {e}"
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("_mask")}
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    for k in sorted(set(have) | set(want)):
+        if have.get(k) != want.get(k):
+            return f"{k}: {have.get(k)} in the model, {want.get(k)} from the config"
+    return None

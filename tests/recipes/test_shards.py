@@ -127,6 +127,7 @@ def _edit_config(src, **changes):
     (None, {"layer_sparsity": "owl"}, "'owl' needs a dense pass"),
     (None, {"layer_sparsity": [0.5, 0.5]}, "2 values for the model's 3 blocks"),
     (None, {"pattern": "2:4", "sparsity": 0.3}, "always gives sparsity 0.5"),
+    (None, {"percdamp": -0.1}, "percdamp=-0.1 in"),
     ("hidden", {}, "do not match its config.json"),
     ("layers", {}, r"missing: \['model.layers.3"),
     ("no-config", {}, "no config.json"),

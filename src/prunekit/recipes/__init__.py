@@ -11,7 +11,8 @@
 from prunekit.recipes.history import History
 from prunekit.recipes.iterative import iterative_pruning
 from prunekit.recipes.lottery import LotteryResult, lottery_ticket
-from prunekit.recipes.oneshot import oneshot, owl_sparsities
+from prunekit.recipes.oneshot import oneshot
+from prunekit.recipes.owl import owl_sparsities
 from prunekit.recipes.recipe import Recipe
 from prunekit.recipes.recover import RecoveryResult, recover
 from prunekit.recipes.shards import oneshot_shards

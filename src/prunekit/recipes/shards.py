@@ -29,8 +29,8 @@ from prunekit._checks import fraction
 from prunekit._io import _umask
 from prunekit._progress import progress as progress_bar
 from prunekit.inputs import threads as threads_in_use
-from prunekit.patterns import NM, Unstructured, get_pattern
-from prunekit.recipes.oneshot import METHODS, _capture, _Job, _prune_block, _with_kwargs, find_blocks
+from prunekit.recipes._blocks import _capture, _with_kwargs, find_blocks
+from prunekit.recipes.oneshot import _check_method, _Job, _prune_block
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
 from prunekit.targets import find_targets
 
@@ -287,16 +287,7 @@ def oneshot_shards(
         raise ValueError(f"dst={dst!r} exists; pass a new folder (nothing is overwritten)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
         raise ValueError(f"dst={dst!r}: its parent folder does not exist; create it first")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
-    pat = get_pattern(pattern)
-    if not isinstance(pat, (Unstructured, NM)):
-        raise ValueError(f"pattern={pattern!r}: one-shot methods support 'unstructured' and 'N:M' (e.g. '2:4')")
-    if sparsity is None and pat.fixed_sparsity is None:
-        raise ValueError("sparsity is required for pattern='unstructured', e.g. sparsity=0.5")
-    sparsity = fraction(pat.fixed_sparsity if sparsity is None else sparsity, "sparsity")
-    if pat.fixed_sparsity is not None and abs(sparsity - pat.fixed_sparsity) > 1e-9:
-        raise ValueError(f"pattern='{pat}' always gives sparsity {pat.fixed_sparsity}; got sparsity={sparsity}")
+    pat, sparsity = _check_method(method, pattern, sparsity, blocksize, percdamp)
     batches = None if data is None else list(data)
     if method != "magnitude" and not batches:
         raise ValueError(f"method={method!r} needs data=<calibration batches>, e.g. 16 batches of 8 x 512 tokens; "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._stats import InputStats, gather
 from prunekit.inputs import forward
 from prunekit.targets import Selector, find_targets
 
@@ -191,3 +192,15 @@ def _blocks_and_targets(model: nn.Module, include: Selector, exclude: Selector):
     if not targets:
         raise ValueError("no Linear layers to prune: check include/exclude")
     return blocks, targets
+
+
+def _model_stats(model: nn.Module, batches: list, targets: list, full: bool) -> dict[int, InputStats]:
+    """{id(target): its input statistics} from one pass of the whole model over ``batches``."""
+    stats = dict(zip(map(id, targets), gather([t.module for t in targets], full)))
+    try:
+        for i, batch in enumerate(batches):
+            _run(model, batch, i)
+    finally:
+        for st in stats.values():
+            st.remove()
+    return stats

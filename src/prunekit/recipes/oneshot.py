@@ -41,8 +41,8 @@ from prunekit.pruning import prune
 from prunekit.recipes._blocks import (
     _blocks_and_targets,
     _capture,
+    _model_stats,
     _replace_hidden,
-    _run,
     _with_kwargs,
     find_blocks,
 )
@@ -320,13 +320,7 @@ def oneshot(
 
 
 def _whole_model(model, batches, targets, job: _Job):
-    stats = dict(zip(map(id, targets), gather([t.module for t in targets], job.method == "sparsegpt")))
-    try:
-        for i, batch in enumerate(batches):
-            _run(model, batch, i)
-    finally:
-        for st in stats.values():
-            st.remove()
+    stats = _model_stats(model, batches, targets, full=job.method == "sparsegpt")
     _prune_layers(targets, stats, job, job.sparsity)
     job.bar.update(1)
 

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from prunekit._checks import fraction
-from prunekit._stats import gather
 from prunekit.inputs import modes
 from prunekit.patterns import get_pattern
-from prunekit.recipes._blocks import _blocks_and_targets, _run
+from prunekit.recipes._blocks import _blocks_and_targets, _model_stats
 from prunekit.targets import Selector, Target
 
 __all__ = ["owl_sparsities"]
@@ -72,13 +71,7 @@ def owl_sparsities(model: nn.Module, data: Iterable[Any], sparsity: float, owl_m
 
 
 def _owl(model, blocks: nn.ModuleList, batches: list, targets: list[Target], sparsity: float, m: float, lam: float):
-    stats = dict(zip(map(id, targets), gather([t.module for t in targets])))
-    try:
-        for i, batch in enumerate(batches):
-            _run(model, batch, i)
-    finally:
-        for st in stats.values():
-            st.remove()
+    stats = _model_stats(model, batches, targets, full=False)
     ratios = []
     for block in blocks:
         inside = {id(mod) for mod in block.modules()}

@@ -237,3 +237,26 @@ def test_a_budget_plans_the_ramp_for_the_steps_that_fit(monkeypatch):
     result = recover(student, teacher, batches(), sparsity=0.8, steps=10_000, budget_s=10.0, progress=False,
                      autocast=False)
     assert result.steps == 20 and result.sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_budget_pays_for_the_sparsegpt_updates_first(monkeypatch):
+    """criterion="sparsegpt" re-runs SparseGPT at each of ``updates`` mask updates; a plan that counted only
+    training steps overran its budget and was cut before the ramp ended."""
+    import importlib
+
+    rec = importlib.import_module("prunekit.recipes.recover")
+    teacher = Tiny().eval()
+    student = copy.deepcopy(teacher)
+    before = snapshot(student)
+    real = rec._time_sparsegpt(student, batches(2), 0.8, pk.patterns.get_pattern("unstructured"), None, None)
+    assert real > 0
+    assert_unchanged(student, before)  # timed on a copy
+    monkeypatch.setattr(rec, "_time_one_step", lambda *args: 0.5)
+    monkeypatch.setattr(rec, "_time_sparsegpt", lambda *args: 0.2)
+    result = recover(student, teacher, batches(), sparsity=0.8, criterion="sparsegpt", steps=10_000, budget_s=10.0,
+                     updates=5, progress=False, autocast=False)
+    assert result.steps == 18  # (10 s - 5 x 0.2 s) / 0.5 s
+    assert result.sparsity == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(ValueError, match="SparseGPT updates"):
+        recover(copy.deepcopy(teacher), teacher, batches(), sparsity=0.8, criterion="sparsegpt", budget_s=1.0,
+                updates=5, progress=False, autocast=False)

@@ -13,6 +13,7 @@ CSV/TensorBoard logs.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -137,8 +138,9 @@ def recover(
             the model has them (embeddings and heads stay dense), else every Linear and Conv.
         steps: optimizer steps.
         budget_s: seconds of recovery. One step is timed first and the run (the sparsity ramp, the
-            learning-rate schedule) is planned for the steps that fit, at most ``steps``; if steps then
-            run slower, it stops at the budget with a warning.
+            learning-rate schedule) is planned for the steps that fit, at most ``steps``, after the
+            time of ``updates`` SparseGPT re-runs when ``criterion="sparsegpt"`` (one is timed on a
+            copy); if steps then run slower, it stops at the budget with a warning.
         lr, weight_decay: AdamW; the rate warms up over 5% of the steps, then falls linearly to 10%.
         ramp: fraction of the steps over which sparsity rises; ``updates``: mask updates on the way.
         output_loss_kind: ``"kl"`` (logits), ``"cosine"``, ``"mse"``, or ``"auto"`` (KL when the output
@@ -210,10 +212,15 @@ def recover(
     kind = _check_pair(student, teacher, first, run, output_loss_kind)
     if budget_s is not None and not resume:  # plan the ramp for the steps that fit, not for steps the budget cuts
         seconds = _time_one_step(student, teacher, first, run, kind, hidden_weight, bf16)
-        fit = int(budget_s / seconds)
+        reserved = 0.0
+        if criterion == "sparsegpt" and sparsity is not None and not isinstance(pat, NM):
+            # each mask update re-runs SparseGPT, often as long as dozens of steps: the budget pays for them first
+            reserved = updates * _time_sparsegpt(student, calib, sparsity, pat, include, exclude)
+        fit = int((budget_s - reserved) / seconds)
         if fit < 1:
-            raise ValueError(f"budget_s={budget_s} is shorter than one step here (~{seconds:.1f} s); "
-                             f"give at least budget_s={math.ceil(seconds * 2)}")
+            raise ValueError(f"budget_s={budget_s} is shorter than one step here (~{seconds:.1f} s"
+                             + (f", after {reserved:.0f} s for {updates} SparseGPT updates" if reserved else "")
+                             + f"); give at least budget_s={math.ceil(reserved + seconds * 2)}")
         steps = fit if steps is None else min(steps, fit)
     elif steps is None:
         raise ValueError("resume=True with only budget_s: give the steps= of the run that wrote the checkpoint")
@@ -364,6 +371,16 @@ def _time_one_step(student, teacher, batch, run, kind, hidden_weight, bf16) -> f
     for p, g in grads.items():
         p.grad = g
     return seconds
+
+
+def _time_sparsegpt(student, calib, sparsity, pattern, include, exclude) -> float:
+    """Seconds of one SparseGPT mask update, timed on a copy (the student is not changed)."""
+    probe = copy.deepcopy(student)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oneshot(probe, calib, method="sparsegpt", sparsity=sparsity, pattern=pattern, include=include, exclude=exclude)
+    return time.perf_counter() - t0
 
 
 def _teacher(teacher, batch, run, hidden_weight, amp, cache, index):

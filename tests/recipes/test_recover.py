@@ -248,7 +248,8 @@ def test_a_budget_pays_for_the_sparsegpt_updates_first(monkeypatch):
     teacher = Tiny().eval()
     student = copy.deepcopy(teacher)
     before = snapshot(student)
-    real = rec._time_sparsegpt(student, batches(2), 0.8, pk.patterns.get_pattern("unstructured"), None, None)
+    names = {f"blocks.{i}.{n}" for i in range(3) for n in ("up", "down")}
+    real = rec._time_sparsegpt(student, batches(2), 0.8, pk.patterns.get_pattern("unstructured"), names)
     assert real > 0
     assert_unchanged(student, before)  # timed on a copy
     monkeypatch.setattr(rec, "_time_one_step", lambda *args: 0.5)

@@ -215,7 +215,7 @@ def recover(
         reserved = 0.0
         if criterion == "sparsegpt" and sparsity is not None and not isinstance(pat, NM):
             # each mask update re-runs SparseGPT, often as long as dozens of steps: the budget pays for them first
-            reserved = updates * _time_sparsegpt(student, calib, sparsity, pat, include, exclude)
+            reserved = updates * _time_sparsegpt(student, calib, sparsity, pat, {t.module_fqn for t in targets})
         fit = int((budget_s - reserved) / seconds)
         if fit < 1:
             raise ValueError(f"budget_s={budget_s} is shorter than one step here (~{seconds:.1f} s"
@@ -373,13 +373,15 @@ def _time_one_step(student, teacher, batch, run, kind, hidden_weight, bf16) -> f
     return seconds
 
 
-def _time_sparsegpt(student, calib, sparsity, pattern, include, exclude) -> float:
-    """Seconds of one SparseGPT mask update, timed on a copy (the student is not changed)."""
+def _time_sparsegpt(student, calib, sparsity, pattern, modules: set[str]) -> float:
+    """Seconds of one SparseGPT mask update of the named ``modules``, timed on a copy (the student is not
+    changed; a predicate that tests module identity would match nothing in the copy, so names select)."""
     probe = copy.deepcopy(student)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        oneshot(probe, calib, method="sparsegpt", sparsity=sparsity, pattern=pattern, include=include, exclude=exclude)
+        oneshot(probe, calib, method="sparsegpt", sparsity=sparsity, pattern=pattern,
+                include=lambda module, fqn: fqn in modules)
     return time.perf_counter() - t0
 
 

@@ -184,3 +184,29 @@ def test_config_and_tokenizer_files_are_copied_other_weights_are_not(saved, tmp_
     names = set(os.listdir(tmp_path / "dst"))
     assert {"config.json", "tokenizer.json", "model.safetensors.index.json"} <= names
     assert "pytorch_model.bin" not in names and not any(n.startswith(".prunekit-") for n in os.listdir(tmp_path))
+
+
+def test_work_folders_of_killed_runs_are_removed_by_the_next_run(saved, tmp_path):
+    """A run killed outright cannot clean up; the next run for the same dst removes its folder, and only
+    folders whose owner process is gone (a live run's folder, another host's, or another dst's stay)."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid no longer runs
+    host = socket.gethostname()
+    folders = {"killed": (".prunekit-dst-killed", f"{host} {dead.pid}"),
+               "live": (".prunekit-dst-live", f"{host} {os.getpid()}"),
+               "other host": (".prunekit-dst-remote", f"elsewhere {dead.pid}"),
+               "other dst": (".prunekit-dst2-x", f"{host} {dead.pid}")}
+    for folder, owner in folders.values():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / ".owner").write_text(owner)
+    with pytest.warns(UserWarning, match="stopped before it finished"):
+        oneshot_shards(saved[1], tmp_path / "dst", batches(), method="magnitude", sparsity=0.5, progress=False)
+    left = {name for name, (folder, _) in folders.items() if (tmp_path / folder).exists()}
+    assert left == {"live", "other host", "other dst"}
+    assert not (tmp_path / "dst" / ".owner").exists()  # the finished folder does not name an owner
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".prunekit-dst-") and "live" not in e
+                and "remote" not in e]  # this run's own work folder became dst

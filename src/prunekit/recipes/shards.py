@@ -17,9 +17,11 @@ import copy
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -250,8 +252,9 @@ def oneshot_shards(
     Changes: nothing in ``src``; creates ``dst`` (which must not exist) only when every shard is
     written: the pruned blocks in the dtype they had on disk (one shard each), the rest copied as
     it was, config and tokenizer files copied (other weight files, such as a ``pytorch_model.bin``,
-    are not). Work happens in a hidden ``.prunekit-*`` folder beside ``dst``, removed on any error;
-    a process killed outright (``kill -9``, out of memory) leaves it behind, to delete by hand. The Linear layers of every repeated block are pruned
+    are not). Work happens in a hidden ``.prunekit-*`` folder beside ``dst``, removed on any error; one
+    that a killed run (``kill -9``, out of memory) left behind is removed by the next run for the same
+    ``dst`` on the same host. The Linear layers of every repeated block are pruned
     as :func:`prunekit.recipes.oneshot` would prune them in memory (same masks, same SparseGPT
     updates); zeros are real zeros, no masks are stored.
 
@@ -310,7 +313,7 @@ def oneshot_shards(
     setattr(model.get_submodule(parent) if parent else model, attr, slot)
 
     started = time.perf_counter()
-    work = tempfile.mkdtemp(prefix=".prunekit-", dir=os.path.dirname(os.path.abspath(dst)))
+    work = _work_folder(dst)
     bar = progress_bar(total=len(meta_blocks), desc=f"oneshot_shards {method}", unit="block", enabled=progress)
     job = _Job(method, sparsity, pat, blocksize, percdamp, _NoUndo(), bar, masks=False)
     report = SparsityReport()
@@ -377,6 +380,47 @@ def _per_block(layer_sparsity, sparsity: float, n: int, pat) -> list[float]:
     return [fraction(v, f"layer_sparsity[{i}]") for i, v in enumerate(values)]
 
 
+_OWNER = ".owner"  # "host pid" of the run writing a work folder
+
+
+def _work_folder(dst: str) -> str:
+    """A new hidden ``.prunekit-<dst name>-*`` folder beside ``dst`` that names its owner (host and process).
+
+    A run that is killed (SIGKILL, out of memory, power) cannot remove its folder; the next run for the
+    same ``dst`` on the same host removes those whose process no longer exists, with a warning. Folders of
+    live runs, of other hosts, or without an owner file are left alone."""
+    parent, base = os.path.split(os.path.abspath(dst))
+    prefix, host = f".prunekit-{base}-", socket.gethostname()
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if not entry.startswith(prefix) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, _OWNER), encoding="utf-8") as f:
+                owner_host, pid = f.read().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            continue
+        if owner_host == host and not _running(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            warnings.warn(f"removed {path}: the work folder of an oneshot_shards run (process {pid}) that stopped "
+                          "before it finished", stacklevel=3)
+    work = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    with open(os.path.join(work, _OWNER), "w", encoding="utf-8") as f:
+        f.write(f"{host} {os.getpid()}")
+    return work
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _finish(src: str, work: str, dst: str, weight_map: dict[str, str]) -> None:
     """Index, config and tokenizer files into ``work``, then ``work`` becomes ``dst`` in one rename."""
     size = sum(os.path.getsize(os.path.join(work, f)) for f in set(weight_map.values()))
@@ -388,6 +432,7 @@ def _finish(src: str, work: str, dst: str, weight_map: dict[str, str]) -> None:
         path = os.path.join(src, entry)
         if os.path.isfile(path) and not entry.endswith(_WEIGHTS) and entry != INDEX:
             shutil.copy2(path, os.path.join(work, entry))
+    os.remove(os.path.join(work, _OWNER))
     fd = os.open(work, os.O_RDONLY)
     try:
         os.fsync(fd)  # the folder's entries are on disk before it takes its name

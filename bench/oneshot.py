@@ -49,6 +49,23 @@ def batches(tok, texts, size=16):
             for i in range(0, len(texts), size)]
 
 
+def pooled(model, batch):
+    """Mean-pooled, normalized sentence embeddings (all-MiniLM-L6-v2's own pooling), with gradients."""
+    h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
+def bucketed(tok, texts, size, seed=0, max_length=128):
+    """Batches of ``size`` sentences of similar token length (little padding), in a shuffled order."""
+    lengths = [len(tok(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    groups = [[texts[i] for i in order[j:j + size]] for j in range(0, len(order) - size + 1, size)]
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [dict(tok(groups[i], padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+            for i in perm]
+
+
 @torch.no_grad()
 def embed(model, encoded) -> torch.Tensor:
     out = []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.inputs import call, first_tensor
+from prunekit.inputs import call, first_tensor, modes
 from prunekit.recipes.oneshot import find_blocks
 
 __all__ = ["Capture", "output_of", "has_logits", "output_loss", "hidden_loss", "FakeQuant", "fake_quant_rows", "fake_quant_tokens"]
@@ -137,3 +137,48 @@ class FakeQuant:
         for m in self.layers:
             m.__dict__.pop("forward", None)
         self.layers = []
+
+
+def check_pair(student, teacher, batch, run, kind) -> str:
+    """Run both once (eval mode, no grad, modes restored): same output shape and block structure."""
+    with torch.no_grad(), modes(student), modes(teacher):
+        try:
+            with Capture(teacher) as ct:
+                t = run(teacher, batch)
+        except Exception as e:
+            raise ValueError(f"the first data batch does not run the teacher: {type(e).__name__}: {e}") from e
+        try:
+            with Capture(student) as cs:
+                s = run(student, batch)
+        except Exception as e:
+            raise ValueError(f"the first data batch does not run the student: {type(e).__name__}: {e}") from e
+    if s.shape != t.shape:
+        raise ValueError(f"teacher and student do not match: the teacher's output has shape {tuple(t.shape)}, the "
+                         f"student's {tuple(s.shape)} (another vocabulary or number of classes?)")
+    if len(cs.states) != len(ct.states):
+        raise ValueError(f"teacher and student do not match: the teacher has {len(ct.blocks)} repeated blocks, the "
+                         f"student {len(cs.blocks)}; pass hidden_weight=0 to distill the output only")
+    for i, (a, b) in enumerate(zip(cs.states, ct.states)):
+        if a.shape != b.shape:
+            raise ValueError(f"teacher and student do not match: block {i} gives hidden states of shape "
+                             f"{tuple(b.shape)} in the teacher, {tuple(a.shape)} in the student (another hidden "
+                             "size?); pass hidden_weight=0 to distill the output only")
+    if kind == "auto":
+        return "kl" if run is output_of and has_logits(teacher, batch) else "cosine"
+    return kind
+
+
+def teacher_targets(teacher, batch, run, hidden_weight, amp, cache, index):
+    """The teacher's output and hidden states for ``batch`` (detached), from ``cache`` when it has them;
+    kept there (by batch ``index``) while the cache stays under 2 GiB."""
+    if cache is not None and index in cache:
+        return cache[index]
+    with torch.no_grad(), amp, Capture(teacher) as ct:
+        out = run(teacher, batch)
+    hidden = [h.detach() for h in ct.states] if hidden_weight else []
+    result = (out.detach(), hidden)
+    if cache is not None and index is not None:
+        size = sum(t.numel() * t.element_size() for t in [result[0], *hidden])
+        if size * (len(cache) + 1) <= 2 << 30:
+            cache[index] = result
+    return result

@@ -34,7 +34,16 @@ from prunekit.inputs import modes
 from prunekit.masks import masks
 from prunekit.patterns import NM, get_pattern
 from prunekit.pruner import Pruner
-from prunekit.recipes.distill import OUTPUT_LOSSES, Capture, FakeQuant, has_logits, hidden_loss, output_loss, output_of
+from prunekit.recipes.distill import (
+    OUTPUT_LOSSES,
+    Capture,
+    FakeQuant,
+    check_pair,
+    hidden_loss,
+    output_loss,
+    output_of,
+    teacher_targets,
+)
 from prunekit.recipes.oneshot import find_blocks, oneshot
 from prunekit.recipes.recovery_io import Batches, RecoveryLog, load_checkpoint, save_checkpoint
 from prunekit.schedules import OneShot, PolynomialDecay
@@ -212,7 +221,7 @@ def recover(
     if not calib:
         raise ValueError("data yields no batch: pass a list of inputs (tensors or dicts) or a DataLoader")
     first = calib[0]
-    kind = _check_pair(student, teacher, first, run, output_loss_kind)
+    kind = check_pair(student, teacher, first, run, output_loss_kind)
     if budget_s is not None and not resume:  # plan the ramp for the steps that fit, not for steps the budget cuts
         seconds = _time_one_step(student, teacher, first, run, kind, hidden_weight, bf16)
         reserved = 0.0
@@ -279,7 +288,7 @@ def recover(
                 if q_start is not None and fq is None and step >= q_start:
                     fq = FakeQuant(student, _in(targets))
                 index, batch = cycle.next()
-                t_out, t_hidden = _teacher(teacher, batch, run, hidden_weight, amp, cache, index)
+                t_out, t_hidden = teacher_targets(teacher, batch, run, hidden_weight, amp, cache, index)
                 with amp, Capture(student) as cap:
                     s_out = run(student, batch)
                 out_l = output_loss(kind, s_out, t_out, temperature)
@@ -328,35 +337,6 @@ def _in(targets) -> Callable[[nn.Module], bool]:
     return lambda m: id(m) in ids
 
 
-def _check_pair(student, teacher, batch, run, kind) -> str:
-    """Run both once (eval mode, no grad, modes restored): same output shape and block structure."""
-    with torch.no_grad(), modes(student), modes(teacher):
-        try:
-            with Capture(teacher) as ct:
-                t = run(teacher, batch)
-        except Exception as e:
-            raise ValueError(f"the first data batch does not run the teacher: {type(e).__name__}: {e}") from e
-        try:
-            with Capture(student) as cs:
-                s = run(student, batch)
-        except Exception as e:
-            raise ValueError(f"the first data batch does not run the student: {type(e).__name__}: {e}") from e
-    if s.shape != t.shape:
-        raise ValueError(f"teacher and student do not match: the teacher's output has shape {tuple(t.shape)}, the "
-                         f"student's {tuple(s.shape)} (another vocabulary or number of classes?)")
-    if len(cs.states) != len(ct.states):
-        raise ValueError(f"teacher and student do not match: the teacher has {len(ct.blocks)} repeated blocks, the "
-                         f"student {len(cs.blocks)}; pass hidden_weight=0 to distill the output only")
-    for i, (a, b) in enumerate(zip(cs.states, ct.states)):
-        if a.shape != b.shape:
-            raise ValueError(f"teacher and student do not match: block {i} gives hidden states of shape "
-                             f"{tuple(b.shape)} in the teacher, {tuple(a.shape)} in the student (another hidden "
-                             "size?); pass hidden_weight=0 to distill the output only")
-    if kind == "auto":
-        return "kl" if run is output_of and has_logits(teacher, batch) else "cosine"
-    return kind
-
-
 def _time_one_step(student, teacher, batch, run, kind, hidden_weight, bf16) -> float:
     """Seconds of one forward + backward of both (eval mode: nothing about the student changes)."""
     grads = {p: p.grad for p in student.parameters()}
@@ -387,19 +367,3 @@ def _time_sparsegpt(student, calib, sparsity, pattern, modules: set[str]) -> flo
         oneshot(probe, calib, method="sparsegpt", sparsity=sparsity, pattern=pattern,
                 include=lambda module, fqn: fqn in modules)
     return time.perf_counter() - t0
-
-
-def _teacher(teacher, batch, run, hidden_weight, amp, cache, index):
-    if cache is not None and index in cache:
-        return cache[index]
-    with torch.no_grad(), amp, Capture(teacher) as ct:
-        out = run(teacher, batch)
-    hidden = [h.detach() for h in ct.states] if hidden_weight else []
-    result = (out.detach(), hidden)
-    if cache is not None and index is not None:
-        size = sum(t.numel() * t.element_size() for t in [result[0], *hidden])
-        if size * (len(cache) + 1) <= 2 << 30:
-            cache[index] = result
-    return result
-
-

@@ -32,13 +32,14 @@ from prunekit._io import _umask
 from prunekit._progress import progress as progress_bar
 from prunekit.inputs import threads as threads_in_use
 from prunekit.recipes._blocks import _capture, _with_kwargs, find_blocks
+from prunekit.recipes._safetensors import INDEX, read_header, read_tensors, weight_files, write_tensors
 from prunekit.recipes.oneshot import _check_method, _Job, _prune_block
 from prunekit.report import SparsityReport, SparsityRow, sparsity_report
 from prunekit.targets import find_targets
 
 __all__ = ["oneshot_shards"]
 
-INDEX = "model.safetensors.index.json"
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".pb")
 
 
 class _NoUndo:
@@ -48,85 +49,6 @@ class _NoUndo:
         pass
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-           "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "U16": torch.uint16, "U32": torch.uint32,
-           "U64": torch.uint64, "BOOL": torch.bool}
-_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".pb")
-_NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-def _header(path: str) -> tuple[dict, int]:
-    """A safetensors file's header ({name: {dtype, shape, data_offsets}}) and where its data starts."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header, 8 + size
-
-
-def _weight_files(src: str) -> dict[str, str]:
-    """{tensor name: shard file} from the index, or from the single ``model.safetensors``."""
-    index = os.path.join(src, INDEX)
-    if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            return dict(json.load(f)["weight_map"])
-    if not os.path.exists(os.path.join(src, "model.safetensors")):
-        raise ValueError(f"src={src!r} has neither {INDEX} nor model.safetensors; save the model with "
-                         "save_pretrained(..., safe_serialization=True)")
-    return dict.fromkeys(_header(os.path.join(src, "model.safetensors"))[0], "model.safetensors")
-
-
-def _bytes(t: torch.Tensor):
-    """A writable byte view of a contiguous CPU tensor (any dtype, bfloat16 included)."""
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
-def _read(src: str, files: dict[str, str], names: Iterable[str], into: dict[str, torch.Tensor] | None = None
-          ) -> dict[str, torch.Tensor]:
-    """The named tensors, read with plain file reads (no memory map, whose pages would count as resident).
-
-    With ``into`` ({name: contiguous tensor}), each is read straight into its tensor (cast when the
-    stored dtype differs) and the returned dict holds only 0-d tensors of the stored dtypes, so one
-    block is never in memory twice. safetensors' own API can neither read into a given buffer nor
-    read without mapping the file, hence this reader of its simple format (8-byte header size, JSON
-    header, raw little-endian bytes).
-    """
-    by_file: dict[str, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    out = {}
-    for file, keys in by_file.items():
-        path = os.path.join(src, file)
-        header, base = _header(path)
-        with open(path, "rb", buffering=0) as f:
-            for k in keys:
-                info = header[k]
-                if info["dtype"] not in _DTYPES:
-                    raise ValueError(f"{file}: tensor {k!r} is stored as {info['dtype']}, which oneshot_shards does "
-                                     f"not read; supported: {sorted(_DTYPES)}")
-                dtype, (begin, end) = _DTYPES[info["dtype"]], info["data_offsets"]
-                dest = None if into is None else into[k]
-                direct = dest is not None and dest.dtype == dtype and dest.is_contiguous()
-                buffer = dest if direct else torch.empty(info["shape"], dtype=dtype)
-                view = memoryview(_bytes(buffer))
-                if end - begin != len(view):
-                    raise ValueError(f"{file}: tensor {k!r} has {end - begin} bytes, its shape needs {len(view)}")
-                f.seek(base + begin)
-                done = 0
-                while done < len(view):
-                    n = f.readinto(view[done:])
-                    if not n:
-                        raise ValueError(f"{file} ends inside tensor {k!r}: the shard is truncated")
-                    done += n
-                if dest is None:
-                    out[k] = buffer
-                else:
-                    if not direct:
-                        dest.copy_(buffer)
-                    out[k] = torch.zeros((), dtype=dtype)
-                del buffer, view
-    return out
 
 
 def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
@@ -136,7 +58,7 @@ def _check_layout(src: str, files: dict[str, str], meta: nn.Module) -> None:
     expected = meta.state_dict(keep_vars=True)
     stored: dict[str, tuple] = {}
     for file in sorted(set(files.values())):
-        for k, info in _header(os.path.join(src, file))[0].items():
+        for k, info in read_header(os.path.join(src, file))[0].items():
             stored[k] = tuple(info["shape"])
     ignored = getattr(meta, "_keys_to_ignore_on_load_unexpected", None) or []  # e.g. old rotary inv_freq copies
     extra = sorted(k for k in set(stored) - set(expected) if not any(re.search(p, k) for p in ignored))
@@ -197,7 +119,7 @@ def _materialize(meta_block: nn.Module, prefix: str, src: str, files: dict[str, 
     block.float()
     state = {prefix + k: v for k, v in block.state_dict().items()}
     with torch.no_grad():
-        read = _read(src, files, state, into=state)
+        read = read_tensors(src, files, state, into=state)
     return block.eval(), {k[len(prefix):]: v.dtype for k, v in read.items()}
 
 
@@ -211,27 +133,6 @@ def _give_back_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _write(path: str, tensors: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype]) -> None:
-    """A safetensors file written one tensor at a time (safetensors' save_file first copies them all
-    into one buffer: a second block in memory), each cast to its dtype on disk as it is written."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for k, t in tensors.items():
-        dtype = dtypes.get(k, t.dtype)
-        size = t.numel() * torch.empty((), dtype=dtype).element_size()
-        header[k] = {"dtype": _NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for k, t in tensors.items():
-            f.write(memoryview(_bytes(t.detach().to(dtypes.get(k, t.dtype)).contiguous())))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def oneshot_shards(
@@ -304,7 +205,7 @@ def oneshot_shards(
                          "Linear layers); load it and use prunekit.recipes.oneshot")
     name, blocks = found
     per_block = _per_block(layer_sparsity, sparsity, len(blocks), pat)
-    files = _weight_files(src)
+    files = weight_files(src)
     _check_layout(src, files, model)
     expected = set(model.state_dict())  # what the output keeps (tensors from_pretrained would ignore are left out)
     meta_blocks = list(blocks)
@@ -323,7 +224,7 @@ def oneshot_shards(
         with threads_in_use(threads), torch.no_grad():
             _materialize_parameters(model)  # embeddings, final norm, head: loaded once, kept throughout
             state = model.state_dict()
-            _read(src, files, [k for k in state if k in files], into=state)
+            read_tensors(src, files, [k for k in state if k in files], into=state)
             del state
             captured: list = []
             kwargs_for = None
@@ -342,17 +243,17 @@ def oneshot_shards(
                 report.model_nonzeros += part.model_nonzeros
                 shard = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
                 state = {prefix + k: v for k, v in block.state_dict().items()}
-                _write(os.path.join(work, shard), state, {prefix + k: v for k, v in dtypes.items()})
+                write_tensors(os.path.join(work, shard), state, {prefix + k: v for k, v in dtypes.items()})
                 weight_map.update(dict.fromkeys(state, shard))
                 del block, state, targets  # the targets hold the block's weights too
                 _give_back_memory()
             del model, captured, kwargs_for
             _give_back_memory()
-            kept = _read(src, files, [k for k in files if not k.startswith(f"{name}.") and k in expected])
+            kept = read_tensors(src, files, [k for k in files if not k.startswith(f"{name}.") and k in expected])
             report.model_params += sum(v.numel() for v in kept.values())
             report.model_nonzeros += sum(int(v.count_nonzero()) for v in kept.values())
             shard = f"model-{total:05d}-of-{total:05d}.safetensors"
-            _write(os.path.join(work, shard), kept, {})
+            write_tensors(os.path.join(work, shard), kept, {})
             weight_map.update(dict.fromkeys(kept, shard))
             del kept
         _finish(src, work, dst, weight_map)

@@ -17,13 +17,12 @@ as the ``(O, I*kh*kw)`` matrix its im2col GEMM multiplies.
 
 from __future__ import annotations
 
-import re
-
 import torch
+
+from prunekit._pattern_names import PATTERN_FORMS, parse_pattern
 
 __all__ = ["Pattern", "Unstructured", "NM", "Block", "Channel", "get_pattern", "PATTERN_FORMS"]
 
-PATTERN_FORMS = "'unstructured', 'N:M' (e.g. '2:4'), 'block:RxC' (e.g. 'block:1x4') or 'channel'"
 
 
 def _rows(t: torch.Tensor, out_dim: int) -> torch.Tensor:
@@ -186,10 +185,6 @@ class NM(Pattern):
         return keep.reshape(moved.shape).movedim(-1, in_dim)
 
 
-_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_BLOCK = re.compile(r"^\s*block\s*:\s*(\d+)\s*x\s*(\d+)\s*$", re.IGNORECASE)
-
-
 def get_pattern(pattern: str | Pattern) -> Pattern:
     """Parse ``"unstructured"``, ``"N:M"``, ``"block:RxC"`` or ``"channel"`` (or pass a Pattern through).
 
@@ -202,15 +197,5 @@ def get_pattern(pattern: str | Pattern) -> Pattern:
     """
     if isinstance(pattern, Pattern):
         return pattern
-    if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a string ({PATTERN_FORMS}), got {type(pattern).__name__}")
-    key = pattern.strip().lower()
-    if key == "unstructured":
-        return Unstructured()
-    if key == "channel":
-        return Channel()
-    if m := _NM.match(key):
-        return NM(int(m.group(1)), int(m.group(2)))
-    if m := _BLOCK.match(key):
-        return Block(int(m.group(1)), int(m.group(2)))
-    raise ValueError(f"pattern={pattern!r} is unknown; use {PATTERN_FORMS}")
+    kind, *args = parse_pattern(pattern)
+    return {"unstructured": Unstructured, "channel": Channel, "nm": NM, "block": Block}[kind](*args)

@@ -1,0 +1,405 @@
+"""``prune_low_magnitude`` and ``strip_pruning``: TF-MOT's wrapper, on Keras 3.
+
+A :class:`PruneLowMagnitude` wrapper holds a 0/1 mask per prunable weight and the last pruning step.
+Zeros stay zero because each pruned weight gets a constraint ``w * mask`` that every Keras 3 optimizer
+applies after each update (after Adam's step and AdamW's decay), on every backend; the forward pass is
+the wrapped layer's own, untouched. Masks change only in :func:`prunekit.keras.update_masks`, which the
+:class:`prunekit.keras.UpdatePruningStep` callback calls before each training batch.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from prunekit._checks import integer
+from prunekit._pattern_names import parse_pattern
+from prunekit.keras import _masks
+from prunekit.schedules import SCHEDULES, Constant, Schedule
+
+__all__ = ["PrunableLayer", "PruneLowMagnitude", "prune_low_magnitude", "strip_pruning", "prunable_weights"]
+
+_KERNEL = ("kernel",)
+_REGISTRY = [
+    ((keras.layers.Dense, keras.layers.EinsumDense), _KERNEL),
+    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), ("depthwise_kernel",)),
+    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), ("pointwise_kernel",)),
+    ((keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), _KERNEL),
+    ((keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose), _KERNEL),
+    ((keras.layers.Embedding,), ("embeddings",)),
+]
+# Layers with weights that pruning leaves alone (TF-MOT's registry does the same).
+_NOT_PRUNED = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.PReLU,
+)
+
+
+class PrunableLayer:
+    """Mix into a custom layer to say which of its weights may be pruned (TF-MOT's ``PrunableLayer``).
+
+    Example:
+        >>> class MyDense(keras.layers.Layer, prunekit.keras.PrunableLayer):
+        ...     def get_prunable_weights(self):
+        ...         return [self.kernel]
+    """
+
+    def get_prunable_weights(self) -> list:
+        raise NotImplementedError("PrunableLayer subclasses return their prunable variables here")
+
+
+def _known(layer) -> bool | None:
+    """True: prunekit knows its prunable weights; False: nothing to prune; None: a custom layer with
+    weights it does not know. Needs no build."""
+    if isinstance(layer, PrunableLayer) or any(isinstance(layer, types) for types, _ in _REGISTRY):
+        return True
+    if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN, keras.layers.MultiHeadAttention)):
+        return True
+    if isinstance(layer, _NOT_PRUNED) or (layer.built and not layer.weights):
+        return False
+    if not layer.built and type(layer).build is keras.layers.Layer.build:
+        return False  # a layer without a build of its own creates no weights
+    return None
+
+
+def prunable_weights(layer) -> list | None:
+    """The variables of a built ``layer`` that pruning may mask; ``[]`` for layers with nothing to prune;
+    ``None`` for a custom layer with weights that prunekit does not know."""
+    known = _known(layer)
+    if not known:
+        return None if known is None else []
+    if isinstance(layer, PrunableLayer):
+        return list(layer.get_prunable_weights())
+    for types, names in _REGISTRY:
+        if isinstance(layer, types):
+            return [getattr(layer, n) for n in names]
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return [d.kernel for d in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)]
+    return [layer.cell.kernel, layer.cell.recurrent_kernel]
+
+
+def _unknown(layer) -> TypeError:
+    return TypeError(
+        f"layer '{layer.name}' ({type(layer).__name__}) has weights prunekit does not know how to prune. "
+        "Mix prunekit.keras.PrunableLayer into its class and return the prunable variables from "
+        "get_prunable_weights(), or leave it out (exclude=...)"
+    )
+
+
+def _check_pattern(pattern, block_size, sparsity_m_by_n) -> str:
+    """One pattern string (prunekit's vocabulary) from ``pattern`` or TF-MOT's two arguments."""
+    if sparsity_m_by_n is not None:
+        if pattern is not None:
+            raise ValueError("give pattern= or sparsity_m_by_n=, not both")
+        try:
+            zeros, m = (integer(v, "sparsity_m_by_n", 1) for v in sparsity_m_by_n)
+        except TypeError:
+            raise TypeError(f"sparsity_m_by_n must be (zeros, group), e.g. (2, 4); got {sparsity_m_by_n!r}") from None
+        if zeros >= m:
+            raise ValueError(f"sparsity_m_by_n={tuple(sparsity_m_by_n)}: zeros must be fewer than the group, e.g. (2, 4)")
+        pattern = f"{m - zeros}:{m}"
+    if tuple(block_size) != (1, 1):
+        if pattern is not None:
+            raise ValueError("give pattern= or block_size=, not both")
+        bh, bw = (integer(v, "block_size", 1) for v in block_size)
+        pattern = f"block:{bw}x{bh}"  # TF-MOT tiles (in, out); prunekit names blocks outputs x inputs
+    pattern = "unstructured" if pattern is None else pattern
+    kind, *args = parse_pattern(pattern)
+    if kind == "channel":
+        raise ValueError("pattern='channel' is not available in prunekit.keras; use 'unstructured', 'N:M' or 'block:RxC'")
+    if kind == "nm" and not 1 <= args[0] < args[1]:
+        raise ValueError(f"pattern={pattern!r}: need 1 <= N < M, e.g. '2:4'")
+    if kind == "block" and min(args) < 1:
+        raise ValueError(f"pattern={pattern!r}: block sides must be >= 1, e.g. 'block:1x4'")
+    return pattern
+
+
+def _check_schedule(schedule):
+    if schedule is None:
+        return Constant(0.5, begin_step=0, end_step=-1, frequency=100)  # TF-MOT's default
+    if isinstance(schedule, dict):
+        schedule = dict(schedule)
+        return SCHEDULES[schedule.pop("type")](**schedule)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            "pruning_schedule must be a prunekit schedule, e.g. prunekit.keras.PolynomialDecay(0.0, 0.8, 0, 1000) "
+            f"or prunekit.keras.ConstantSparsity(0.8, 0); got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+class _MaskConstraint:
+    """``w -> inner(w) * mask``: what the optimizer applies after each update of a pruned weight."""
+
+    def __init__(self, mask, inner):
+        self.mask, self.inner = mask, inner
+
+    def __call__(self, w):
+        return (w if self.inner is None else self.inner(w)) * self.mask
+
+
+@keras.saving.register_keras_serializable(package="prunekit")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """A layer whose prunable weights carry masks. Made by :func:`prune_low_magnitude`; the arguments
+    are as there. Variables added: one ``<weight>_mask`` per prunable weight and ``pruning_step``
+    (-1 until the first update)."""
+
+    def __init__(self, layer, pruning_schedule=None, pattern="unstructured", criterion="magnitude",
+                 block_pooling_type="AVG", scope="layer", seed=0, **kwargs):
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(f"layer '{layer.layer.name}' is already wrapped for pruning; wrap it once")
+        if isinstance(layer, keras.layers.Layer) and _known(layer) is None:
+            raise _unknown(layer)
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = _check_schedule(pruning_schedule)
+        self.pattern = _check_pattern(pattern, (1, 1), None)
+        if criterion not in _masks.CRITERIA:
+            raise ValueError(f"criterion={criterion!r} is unknown; use one of {_masks.CRITERIA}")
+        if block_pooling_type not in ("AVG", "MAX"):
+            raise ValueError(f"block_pooling_type={block_pooling_type!r}: use 'AVG' or 'MAX'")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope={scope!r}: use 'layer' (each layer to the sparsity) or 'global' (ranked together)")
+        self.criterion, self.block_pooling_type, self.scope = criterion, block_pooling_type, scope
+        self.seed = integer(seed, "seed", 0)
+        self.masks, self.pruned = [], []
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.pruned = prunable_weights(self.layer) or []
+        kind, *args = parse_pattern(self.pattern)
+        for w in self.pruned:
+            if kind == "nm" and len(w.shape) < 2:
+                raise ValueError(f"pattern='{self.pattern}' needs a weight with an input axis; '{w.path}' is 1-D")
+        self.masks = [
+            self.add_weight(name=f"{w.name}_mask", shape=w.shape, dtype=w.dtype, initializer="ones", trainable=False)
+            for w in self.pruned
+        ]
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int64", initializer=keras.initializers.Constant(-1), trainable=False
+        )
+        for w, m in zip(self.pruned, self.masks):
+            if not isinstance(w.constraint, _MaskConstraint):
+                w.constraint = _MaskConstraint(m, w.constraint)
+
+    def call(self, inputs, *args, **kwargs):
+        if "training" in kwargs and not self.layer._call_has_training_arg:
+            kwargs.pop("training")
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def scores(self, step: int) -> list[np.ndarray]:
+        """Element scores of each pruned weight now (higher = keep)."""
+        return [
+            _masks.scores(keras.ops.convert_to_numpy(w), self.criterion, self.seed, w.path, step) for w in self.pruned
+        ]
+
+    def set_masks(self, masks: list[np.ndarray], step: int) -> None:
+        """Assign new masks and zero what they drop (the step is recorded)."""
+        for w, m, new in zip(self.pruned, self.masks, masks):
+            m.assign(new)
+            w.assign(keras.ops.convert_to_numpy(w) * new)
+        self.pruning_step.assign(step)
+
+    def apply_masks(self) -> None:
+        """Re-zero what the masks drop (for weights changed outside an optimizer)."""
+        for w, m in zip(self.pruned, self.masks):
+            w.assign(keras.ops.convert_to_numpy(w) * keras.ops.convert_to_numpy(m))
+
+    def release(self) -> None:
+        """Take the mask constraints off the wrapped weights (their original constraints return)."""
+        for w in self.pruned:
+            if isinstance(w.constraint, _MaskConstraint):
+                w.constraint = w.constraint.inner
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pruning_schedule": self.pruning_schedule.config(),
+            "pattern": self.pattern,
+            "criterion": self.criterion,
+            "block_pooling_type": self.block_pooling_type,
+            "scope": self.scope,
+            "seed": self.seed,
+        }
+
+
+def _copy(layer):
+    """A new layer with ``layer``'s config; weights are copied once the clone is built."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _is_clonable(model) -> bool:
+    return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False) or (
+        type(model).__name__ == "Functional"
+    )
+
+
+def _check_keras3(model, name: str):
+    if isinstance(model, keras.layers.Layer):
+        return
+    module = type(model).__module__
+    if module.startswith(("tf_keras", "keras.engine", "keras.src.engine", "tensorflow.python.keras")):
+        raise TypeError(
+            f"{name} is a Keras 2 (tf_keras) {type(model).__name__}; prunekit.keras works on Keras 3 models. "
+            "Rebuild it with `import keras` (Keras 3) and load its weights, or keep TF-MOT for Keras 2"
+        )
+    raise TypeError(f"{name} must be a Keras 3 model or layer (or a list of layers), got {type(model).__name__}")
+
+
+def _clone(model, make):
+    """Clone a Sequential/Functional model layer by layer with ``make(old) -> new``, then copy weights."""
+    pairs = []
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model) and _is_clonable(layer):
+            return _clone(layer, make)
+        new = make(layer)
+        pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function)
+    for old, new in pairs:
+        source = old.layer if isinstance(old, PruneLowMagnitude) else old
+        target = new.layer if isinstance(new, PruneLowMagnitude) else new
+        target.set_weights(source.get_weights())
+        if isinstance(old, PruneLowMagnitude) and isinstance(new, PruneLowMagnitude):
+            new.set_weights(old.get_weights())
+    return clone
+
+
+def prune_low_magnitude(
+    to_prune,
+    pruning_schedule: Schedule | None = None,
+    block_size=(1, 1),
+    block_pooling_type: str = "AVG",
+    sparsity_m_by_n=None,
+    *,
+    pattern: str | None = None,
+    criterion: str = "magnitude",
+    scope: str = "layer",
+    include=None,
+    exclude=None,
+    seed: int = 0,
+):
+    """Wrap a Keras 3 model's (or layer's) prunable weights with masks that training will update.
+
+    Changes nothing it is given: a Sequential or Functional model is cloned (weights copied) with its
+    prunable layers wrapped; a layer (or list of layers) is returned wrapped, for building a model
+    (subclassed models wrap their layers this way, where they create them). Train the result with
+    ``callbacks=[prunekit.keras.UpdatePruningStep()]``, then :func:`strip_pruning`.
+
+    Args:
+        to_prune: a Keras 3 ``Sequential`` or Functional model, a layer, or a list of layers.
+        pruning_schedule: ``prunekit.keras.PolynomialDecay`` / ``ConstantSparsity`` (any
+            ``prunekit.schedules`` schedule); default TF-MOT's ``ConstantSparsity(0.5, 0)``.
+        block_size, block_pooling_type, sparsity_m_by_n: TF-MOT's arguments, kept for migration
+            (``block_size=(1, 4)`` is ``pattern="block:4x1"``; ``sparsity_m_by_n=(2, 4)`` is ``"2:4"``).
+        pattern: prunekit's name for the same: ``"unstructured"``, ``"N:M"``, ``"block:RxC"``.
+        criterion: ``"magnitude"`` (TF-MOT's) or ``"random"`` (a baseline).
+        scope: ``"layer"`` prunes every layer to the schedule's sparsity (TF-MOT); ``"global"`` ranks all
+            wrapped weights of the model together, so layers end at different sparsities.
+        include / exclude: layer names (``fnmatch`` globs) or ``(layer) -> bool``; model pruning only.
+        seed: seed of the ``"random"`` criterion.
+
+    Example:
+        >>> schedule = prunekit.keras.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
+        >>> pruned = prunekit.keras.prune_low_magnitude(model, schedule)
+        >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+        >>> pruned.fit(x, y, callbacks=[prunekit.keras.UpdatePruningStep()])
+        >>> small = prunekit.keras.strip_pruning(pruned)
+    """
+    pruning_schedule = _check_schedule(pruning_schedule)
+    pattern = _check_pattern(pattern, block_size, sparsity_m_by_n)
+    options = dict(pruning_schedule=pruning_schedule, pattern=pattern, criterion=criterion,
+                   block_pooling_type=block_pooling_type, scope=scope, seed=seed)
+    PruneLowMagnitude(keras.layers.Identity(), **options)  # argument errors now, before anything is built
+    if isinstance(to_prune, (list, tuple)):
+        for i, layer in enumerate(to_prune):
+            _check_keras3(layer, f"to_prune[{i}]")
+        return [PruneLowMagnitude(layer, **options) for layer in to_prune]
+    _check_keras3(to_prune, "to_prune")
+    if not isinstance(to_prune, keras.Model):
+        return PruneLowMagnitude(to_prune, **options)
+    if not _is_clonable(to_prune):
+        raise TypeError(
+            f"to_prune is a subclassed model ({type(to_prune).__name__}), which Keras cannot clone; wrap its layers "
+            "where __init__ creates them: self.dense = prunekit.keras.prune_low_magnitude(keras.layers.Dense(10), ...)"
+        )
+    selected = _selector(include, exclude)
+    for layer in _leaves(to_prune):
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(f"to_prune already has pruning wrappers ('{layer.name}'); prune a model once")
+        if selected(layer) and _known(layer) is None:
+            raise _unknown(layer)
+
+    def make(layer):
+        new = _copy(layer)
+        return PruneLowMagnitude(new, **options) if selected(layer) and _known(layer) else new
+
+    return _clone(to_prune, make)
+
+
+def _selector(include, exclude):
+    from fnmatch import fnmatchcase
+
+    def hit(rule, layer):
+        if callable(rule):
+            return bool(rule(layer))
+        rules = [rule] if isinstance(rule, str) else list(rule)
+        return any(fnmatchcase(layer.name, r) for r in rules)
+
+    return lambda layer: (include is None or hit(include, layer)) and not (exclude is not None and hit(exclude, layer))
+
+
+def _leaves(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and _is_clonable(layer):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def strip_pruning(model):
+    """A copy of a pruned Sequential/Functional model without the wrappers: each wrapped layer comes
+    back as itself, its weights multiplied by their masks. Changes nothing it is given.
+
+    Raises:
+        ValueError: the model has no pruning wrappers, or its masks were never computed (it was
+            trained without ``UpdatePruningStep``).
+
+    Example:
+        >>> small = prunekit.keras.strip_pruning(pruned); small.save("small.keras")
+    """
+    _check_keras3(model, "model")
+    if not isinstance(model, keras.Model) or not _is_clonable(model):
+        raise TypeError(
+            "strip_pruning copies Sequential and Functional models; for a subclassed model call "
+            "prunekit.keras.update_masks(model, ...) as training does and save it with its wrappers"
+        )
+    wrappers = [layer for layer in _leaves(model) if isinstance(layer, PruneLowMagnitude)]
+    if not wrappers:
+        raise ValueError("model was never pruned: it has no pruning wrappers (prune_low_magnitude makes them)")
+    idle = [w.name for w in wrappers if int(keras.ops.convert_to_numpy(w.pruning_step)) < 0]
+    if idle:
+        raise ValueError(
+            f"model was never pruned: the masks of {idle[:4]} were never computed. Train with "
+            "callbacks=[prunekit.keras.UpdatePruningStep()] (or call prunekit.keras.update_masks) first"
+        )
+
+    def make(layer):
+        return _copy(layer.layer if isinstance(layer, PruneLowMagnitude) else layer)
+
+    clone = _clone(model, make)
+    stripped = {id(w.layer): w for w in wrappers}
+    for old, new in zip(_leaves(model), _leaves(clone)):
+        w = stripped.get(id(getattr(old, "layer", None)))
+        if w is not None:
+            for var, mask, target in zip(w.pruned, w.masks, prunable_weights(new)):
+                target.assign(keras.ops.convert_to_numpy(var) * keras.ops.convert_to_numpy(mask))
+    return clone

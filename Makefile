@@ -51,6 +51,8 @@ bench: $(STAMP)
 	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py
 	$(BIN)/python bench/kernels.py
+	test -x .venv-tfmot/bin/python || ( $(PY) -m venv .venv-tfmot && .venv-tfmot/bin/pip install -q "tensorflow-cpu==2.21.0" "tf_keras==2.21.*" "tensorflow-model-optimization==0.8.1" ) || echo "TF-MOT 0.8.1 not installable here: its columns are skipped"
+	$(BIN)/python bench/keras_vs_tfmot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

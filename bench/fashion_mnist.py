@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import json
 import os
 import time
 
-import numpy as np
+import fashion_data
 import torch
 from torch import nn
 
@@ -31,25 +30,11 @@ from prunekit.recipes import iterative_pruning, lottery_ticket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-DATA = "/usr/share/datasets/fashion-mnist"
-
-
-def _idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def load(split: str):
-    prefix = "train" if split == "train" else "t10k"
-    images = os.path.join(DATA, f"{prefix}-images-idx3-ubyte.gz")
-    if not os.path.exists(images):
-        raise SystemExit(f"{images} not found: apt-get install -y dataset-fashion-mnist (make bench does it)")
-    x = torch.tensor(_idx(images), dtype=torch.float32).reshape(-1, 784) / 255.0
-    y = torch.tensor(_idx(os.path.join(DATA, f"{prefix}-labels-idx1-ubyte.gz")), dtype=torch.long)
-    return (x - 0.2860) / 0.3530, y
+    x, y = fashion_data.load(split)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def lenet(seed: int = 0) -> nn.Module:

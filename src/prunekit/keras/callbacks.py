@@ -38,7 +38,8 @@ def update_masks(model, step: int) -> list[str]:
     """Recompute the masks of every wrapper whose schedule updates at ``step``; zero what they drop.
 
     What :class:`UpdatePruningStep` does before each training batch; call it yourself in a custom
-    training loop (once per step, before the step's forward pass) or to prune once without training.
+    training loop (before each step's forward pass, with ``step`` 1 for the first batch, as TF-MOT
+    counts) or to prune once without training.
     Wrappers made with ``scope="global"`` and the same schedule, pattern and criterion are ranked
     together.
 
@@ -99,13 +100,12 @@ def _update_group(members: list[PruneLowMagnitude], at: int, step: int) -> None:
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
-    """Update the masks before each training batch, as the schedules say (TF-MOT's callback).
+    """Count training steps and update the masks when the schedules say (TF-MOT's callback).
 
-    The step counter starts at the optimizer's ``iterations`` when ``fit`` begins (so a resumed run
-    continues the schedule), or just after the last mask update when that is later: a model loaded and
-    compiled with a fresh optimizer continues its schedule instead of restarting it (TF-MOT restarts,
-    which recomputes the masks at the schedule's first, lower sparsity). Each epoch ends with the masks
-    re-applied.
+    Steps count as TF-MOT 0.8.1 counts them: each wrapper's ``pruning_step`` is 0 before the first
+    batch and the k-th batch (1-based) runs at step k, so ``frequency=100`` updates at steps 100, 200,
+    ... The counter is saved with the model, so a loaded model continues its schedule (whatever the
+    optimizer). Each epoch ends with the masks re-applied.
 
     Example:
         >>> pruned.fit(x, y, epochs=2, callbacks=[prunekit.keras.UpdatePruningStep()])
@@ -119,10 +119,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "prunekit.keras.prune_low_magnitude(model, schedule) and fit the model it returns"
             )
         self._late = {}
-        last = max([int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers if w.built] or [-1])
-        self.step = max(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), last + 1)
+        steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers if w.built]
+        self.step = max(steps + [0])
 
     def on_train_batch_begin(self, batch, logs=None):
+        self.step += 1
         # A subclassed model may build its layers only inside the first training step (TensorFlow
         # backend): an update due before a wrapper exists runs at the first batch after it does.
         due = []
@@ -130,12 +131,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
             if not w.built:
                 if w.pruning_schedule.should_update(self.step):
                     self._late[id(w)] = self.step
-            elif id(w) in self._late or w.pruning_schedule.should_update(self.step):
+                continue
+            w.pruning_step.assign(self.step)
+            if id(w) in self._late or w.pruning_schedule.should_update(self.step):
                 due.append(w)
         _update(due, self.step, self._late)
         for w in due:
             self._late.pop(id(w), None)
-        self.step += 1
 
     def on_epoch_end(self, epoch, logs=None):
         for w in self._wrappers:

@@ -145,7 +145,7 @@ class _MaskConstraint:
 class PruneLowMagnitude(keras.layers.Wrapper):
     """A layer whose prunable weights carry masks. Made by :func:`prune_low_magnitude`; the arguments
     are as there. Variables added: one ``<weight>_mask`` per prunable weight and ``pruning_step``
-    (-1 until the first update)."""
+    (-1 until training starts, then the step count of :class:`UpdatePruningStep`)."""
 
     def __init__(self, layer, pruning_schedule=None, pattern="unstructured", criterion="magnitude",
                  block_pooling_type="AVG", scope="layer", seed=0, **kwargs):
@@ -204,7 +204,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for w, m, new in zip(self.pruned, self.masks, masks):
             m.assign(new)
             w.assign(keras.ops.convert_to_numpy(w) * new)
-        self.pruning_step.assign(step)
+        if int(keras.ops.convert_to_numpy(self.pruning_step)) < step:
+            self.pruning_step.assign(step)
 
     def apply_masks(self) -> None:
         """Re-zero what the masks drop (for weights changed outside an optimizer)."""

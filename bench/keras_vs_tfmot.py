@@ -9,7 +9,7 @@ identical counts expected), test accuracy at 80% and 90%, the training step's ti
 (bench/keras_tfmot.py; it needs Keras 2, which cannot share a process with Keras 3).
 
 Run: ``make bench`` or ``KERAS_BACKEND=tensorflow .venv/bin/python bench/keras_vs_tfmot.py [--quick]``. Writes
-bench/results/keras_vs_tfmot{_quick}.{json,md}.
+bench/results/keras{_quick}.{json,md}.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def both(ms: dict, key: str) -> str:
 
 
 def write(result: dict, quick: bool) -> None:
-    name = "keras_vs_tfmot_quick" if quick else "keras_vs_tfmot"
+    name = "keras_quick" if quick else "keras"
     with open(os.path.join(RESULTS, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     peer = result.get("tfmot")
@@ -158,6 +158,19 @@ def write(result: dict, quick: bool) -> None:
             f"({run['step_s'] * 1e3:.1f} ms) | {other['step_s'] / other['dense_step_s']:.2f}x "
             f"({other['step_s'] * 1e3:.1f} ms) |" if other else
             f"| {key} | - | {run['accuracy']:.4f} | - | - | {ratio:.2f}x | - |")
+    key = f"mlp@{kc.SPARSITIES[-1]}"
+    if peer and key in peer["runs"]:
+        ours, theirs = result["prunekit"][key]["zeros_per_step"], peer["runs"][key]["zeros_per_step"]
+        sizes = result["mask_sizes"]
+        lines += ["", f"Sparsity over the schedule ({key}; the first batch is step 1; zeros per kernel, "
+                  "prunekit / TF-MOT; every mask update and the last step):", "",
+                  "| step | " + " | ".join(f"kernel {i} ({n:,})" for i, n in enumerate(sizes)) + " | identical |",
+                  "|---|" + "---|" * (len(sizes) + 1)]
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            step = i + 1
+            if step % kc.FREQUENCY == 0 or step == len(ours):
+                cells = [f"{x:,} ({x / n:.2%}) / {y:,}" for x, y, n in zip(a, b, sizes)]
+                lines.append(f"| {step} | " + " | ".join(cells) + f" | {'yes' if a == b else 'no'} |")
     lines += ["", "Sizes (bytes) and TFLite latency (ms per batch-1 call, XNNPACK, 2 threads, interleaved medians):", "",
               "| model | file | bytes prunekit | bytes TF-MOT | ms prunekit XNNPACK / builtin | ms TF-MOT XNNPACK / builtin |",
               "|---|---|---|---|---|---|"]
@@ -195,6 +208,7 @@ def main():
         for s in kc.SPARSITIES:
             result["prunekit"][f"{name}@{s}"] = prunekit_run(name, s, xtr, ytr, xte, yte, work)
             print(f"prunekit {name}@{s}: {result['prunekit'][f'{name}@{s}']['accuracy']:.4f}", flush=True)
+    result["mask_sizes"] = [int(np.prod(w.shape)) for w in kc.build(keras, "mlp").weights if len(w.shape) == 2]
     for name in kc.MODELS:
         key = f"{name}@{kc.SPARSITIES[-1]}"
         ours, theirs = result["prunekit"][key], result.get("tfmot", {}).get("runs", {}).get(key)

@@ -160,9 +160,12 @@ def test_prunable_layer_marks_custom_weights():
             return [self.w]
 
     layer = pk.prune_low_magnitude(Scale(), pk.ConstantSparsity(0.75, 0))
-    model = keras.Sequential([keras.Input((8,)), layer])
+    inp = keras.Input((8,))
+    model = keras.Model(inp, layer(inp))  # symbolic call: Scale has no compute_output_shape of its own
     pk.update_masks(model, 0)
     assert np.count_nonzero(keras.ops.convert_to_numpy(layer.layer.w)) == 8
+    whole = pk.prune_low_magnitude(keras.Model(inp, Scale()(inp)), pk.ConstantSparsity(0.75, 0))
+    assert len(pk.wrappers(whole)) == 1
 
 
 class Opaque(keras.layers.Layer):
@@ -234,3 +237,40 @@ def test_structural_errors():
     fake = type("Sequential", (), {"__module__": "tf_keras.src.engine.sequential"})()
     with pytest.raises(TypeError, match="Keras 2"):
         pk.prune_low_magnitude(fake)
+
+
+def test_other_backends_are_refused_before_anything_is_built(monkeypatch):
+    model = mlp()
+    before = snapshot(model)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
+        pk.prune_low_magnitude(model, pk.ConstantSparsity(0.5, 0))
+    monkeypatch.undo()
+    assert same(snapshot(model), before)
+
+
+def test_a_schedule_resumed_earlier_never_unprunes():
+    sched = pk.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=10, frequency=1)
+    pruned = pk.prune_low_magnitude(mlp(), sched)
+    pruned(np.zeros((1, 16), "float32"))
+    pk.update_masks(pruned, 10)
+    zeros = pk.sparsity_report(pruned).numel - pk.sparsity_report(pruned).nonzeros
+    pk.update_masks(pruned, 1)  # an earlier step asks for less sparsity: what was pruned stays pruned
+    assert pk.sparsity_report(pruned).numel - pk.sparsity_report(pruned).nonzeros == zeros
+
+
+def test_strip_before_the_schedule_ends_warns(data):
+    model = keras.Sequential([keras.layers.Dense(8), keras.layers.Dense(2)])  # no Input: built inside fit
+    pruned = compile_(pk.prune_low_magnitude(model, pk.PolynomialDecay(0.0, 0.8, 0, 1000, frequency=5)))
+    x, y = data
+    pruned.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, callbacks=[pk.UpdatePruningStep()])
+    assert int(keras.ops.convert_to_numpy(pk.wrappers(pruned)[0].pruning_step)) == 1
+    with pytest.warns(UserWarning, match="not reached its final sparsity at step 1"):
+        small = pk.strip_pruning(pruned)
+    assert pk.sparsity_report(small).sparsity == 0.0
+
+
+def test_nm_on_a_too_short_input_axis_warns():
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="c")])
+    with pytest.warns(UserWarning, match="leaves .* dense"):
+        pk.prune_low_magnitude(model, pattern="2:4")

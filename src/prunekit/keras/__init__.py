@@ -1,4 +1,4 @@
-"""Pruning for Keras 3 models (TensorFlow, PyTorch or JAX backend), TF-MOT's workflow kept.
+"""Pruning for Keras 3 models (TensorFlow or PyTorch backend), TF-MOT's workflow kept.
 
 Migrating from ``tensorflow_model_optimization.sparsity.keras`` is a change of import: the same
 ``prune_low_magnitude``, ``ConstantSparsity`` / ``PolynomialDecay``, ``UpdatePruningStep``,

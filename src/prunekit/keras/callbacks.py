@@ -102,10 +102,10 @@ def _update_group(members: list[PruneLowMagnitude], at: int, step: int) -> None:
 class UpdatePruningStep(keras.callbacks.Callback):
     """Count training steps and update the masks when the schedules say (TF-MOT's callback).
 
-    Steps count as TF-MOT 0.8.1 counts them: each wrapper's ``pruning_step`` is 0 before the first
-    batch and the k-th batch (1-based) runs at step k, so ``frequency=100`` updates at steps 100, 200,
-    ... The counter is saved with the model, so a loaded model continues its schedule (whatever the
-    optimizer). Each epoch ends with the masks re-applied.
+    Steps count as TF-MOT 0.8.1 counts them: the k-th training batch (1-based) runs at step k, so
+    ``frequency=100`` updates at steps 100, 200, ... Each wrapper keeps the count in ``pruning_step``
+    (-1 until training starts), saved with the model, so a loaded model continues its schedule
+    (whatever the optimizer). Each epoch ends with the masks re-applied.
 
     Example:
         >>> pruned.fit(x, y, epochs=2, callbacks=[prunekit.keras.UpdatePruningStep()])
@@ -143,6 +143,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
         for w in self._wrappers:
             if w.built:
                 w.apply_masks()
+
+    def on_train_end(self, logs=None):
+        for w in self._wrappers:  # a wrapper built inside the first step missed that step's count
+            if w.built and int(keras.ops.convert_to_numpy(w.pruning_step)) < self.step:
+                w.pruning_step.assign(self.step)
 
 
 class PruningSummaries(keras.callbacks.Callback):

@@ -1,5 +1,5 @@
 """``to_tflite``: a pruned Keras 3 model as a TensorFlow Lite flatbuffer (float, dynamic-range int8 or
-full int8), with TFLite's sparse weight encoding where the converter finds it pays."""
+full int8), with TFLite's sparse weight encoding on request."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def to_tflite(
     path,
     quantize: str | None = None,
     representative_data: Callable[[], Iterable] | Iterable | None = None,
-    sparse: bool = True,
+    sparse: bool = False,
 ) -> int:
     """Convert ``model`` to TFLite and write it to ``path`` (atomically). Changes nothing in ``model``;
     pruning wrappers are stripped from a copy first.
@@ -31,8 +31,12 @@ def to_tflite(
         path: the ``.tflite`` file to write.
         quantize: ``None`` (float32), ``"dynamic"`` (int8 weights, float activations) or ``"int8"``
             (int8 weights and activations, calibrated on ``representative_data``; float input/output).
-        representative_data: for ``"int8"``: batches of model input (arrays), or a function returning them.
-        sparse: ask the converter for TFLite's sparse weight encoding (``EXPERIMENTAL_SPARSITY``).
+        representative_data: for ``"int8"``: an array of input samples (calibrated one by one, at most
+            500), a list of batches, or a function returning an iterable of batches.
+        sparse: ask the converter for TFLite's sparse weight encoding (``EXPERIMENTAL_SPARSITY``): a
+            smaller file, but TFLite's default XNNPACK delegate refuses some sparse-encoded files
+            (dynamic-range int8 ones here), which then need
+            ``tf.lite.Interpreter(..., experimental_op_resolver_type=BUILTIN_WITHOUT_DEFAULT_DELEGATES)``.
 
     Returns:
         The file's size in bytes.
@@ -71,6 +75,8 @@ def to_tflite(
         converter.optimizations = optimizations
         if quantize == "int8":
             batches = representative_data
+            if hasattr(batches, "shape") and not callable(batches):  # one array of samples
+                batches = [batches[i:i + 1] for i in range(min(len(batches), 500))]
 
             def dataset():
                 for x in batches() if callable(batches) else batches:

@@ -9,6 +9,8 @@ the wrapped layer's own, untouched. Masks change only in :func:`prunekit.keras.u
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -19,6 +21,7 @@ from prunekit.schedules import SCHEDULES, Constant, Schedule
 
 __all__ = ["PrunableLayer", "PruneLowMagnitude", "prune_low_magnitude", "strip_pruning", "prunable_weights"]
 
+BACKENDS = ("tensorflow", "torch")
 _KERNEL = ("kernel",)
 _REGISTRY = [
     ((keras.layers.Dense, keras.layers.EinsumDense), _KERNEL),
@@ -85,7 +88,7 @@ def _unknown(layer) -> TypeError:
     return TypeError(
         f"layer '{layer.name}' ({type(layer).__name__}) has weights prunekit does not know how to prune. "
         "Mix prunekit.keras.PrunableLayer into its class and return the prunable variables from "
-        "get_prunable_weights(), or leave it out (exclude=...)"
+        f"get_prunable_weights(), or, when pruning a whole model, leave it out with exclude='{layer.name}'"
     )
 
 
@@ -151,6 +154,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                  block_pooling_type="AVG", scope="layer", seed=0, **kwargs):
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(f"layer '{layer.layer.name}' is already wrapped for pruning; wrap it once")
+        if keras.backend.backend() not in BACKENDS:
+            raise RuntimeError(
+                f"prunekit.keras runs on the {' and '.join(BACKENDS)} backends, not {keras.backend.backend()!r} "
+                "(there the optimizer's compiled step cannot see mask updates made between steps): set "
+                "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch before importing keras"
+            )
         if isinstance(layer, keras.layers.Layer) and _known(layer) is None:
             raise _unknown(layer)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
@@ -174,6 +183,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for w in self.pruned:
             if kind == "nm" and len(w.shape) < 2:
                 raise ValueError(f"pattern='{self.pattern}' needs a weight with an input axis; '{w.path}' is 1-D")
+            if kind == "nm" and w.shape[-2] <= args[0]:
+                warnings.warn(
+                    f"pattern='{self.pattern}' leaves '{w.path}' dense: its input axis holds {w.shape[-2]} weights, "
+                    f"no more than the {args[0]} each group keeps", stacklevel=2)
         self.masks = [
             self.add_weight(name=f"{w.name}_mask", shape=w.shape, dtype=w.dtype, initializer="ones", trainable=False)
             for w in self.pruned
@@ -190,9 +203,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             kwargs.pop("training")
         return self.layer(inputs, *args, **kwargs)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
     def scores(self, step: int) -> list[np.ndarray]:
         """Element scores of each pruned weight now (higher = keep)."""
         return [
@@ -200,8 +210,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         ]
 
     def set_masks(self, masks: list[np.ndarray], step: int) -> None:
-        """Assign new masks and zero what they drop (the step is recorded)."""
+        """Assign new masks and zero what they drop (the step is recorded). What was pruned stays
+        pruned: a mask never regains weights (a schedule resumed at an earlier step cannot un-prune)."""
         for w, m, new in zip(self.pruned, self.masks, masks):
+            new = new * keras.ops.convert_to_numpy(m)
             m.assign(new)
             w.assign(keras.ops.convert_to_numpy(w) * new)
         if int(keras.ops.convert_to_numpy(self.pruning_step)) < step:
@@ -366,6 +378,30 @@ def _leaves(model):
             yield layer
 
 
+def _final_sparsity(w: PruneLowMagnitude) -> float:
+    kind, *args = parse_pattern(w.pattern)
+    if kind == "nm":
+        return 1.0 - args[0] / args[1]
+    s = w.pruning_schedule
+    return float(getattr(s, "final_sparsity", getattr(s, "sparsity", 0.0)))
+
+
+def _warn_short(wrappers: list) -> None:
+    """Say so when a model is stripped before its schedule reached its final sparsity."""
+    short = []
+    for w in wrappers:
+        reached = 1.0 - float(np.mean([keras.ops.convert_to_numpy(m).mean() for m in w.masks])) if w.masks else 0.0
+        target = _final_sparsity(w)
+        if reached < target - 0.01:
+            short.append(f"'{w.layer.name}' {reached:.0%} of {target:.0%}")
+    if short:
+        step = max(int(keras.ops.convert_to_numpy(w.pruning_step)) for w in wrappers)
+        warnings.warn(
+            f"strip_pruning: the schedule has not reached its final sparsity at step {step}: {', '.join(short[:4])}"
+            f"{' ...' if len(short) > 4 else ''}. Train longer (or end the schedule earlier) to prune it fully",
+            stacklevel=3)
+
+
 def strip_pruning(model):
     """A copy of a pruned Sequential/Functional model without the wrappers: each wrapped layer comes
     back as itself, its weights multiplied by their masks. Changes nothing it is given.
@@ -392,6 +428,8 @@ def strip_pruning(model):
             f"model was never pruned: the masks of {idle[:4]} were never computed. Train with "
             "callbacks=[prunekit.keras.UpdatePruningStep()] (or call prunekit.keras.update_masks) first"
         )
+
+    _warn_short(wrappers)
 
     def make(layer):
         return _copy(layer.layer if isinstance(layer, PruneLowMagnitude) else layer)

@@ -12,6 +12,7 @@ BATCH = 128
 EPOCHS = 2  # of pruning + fine-tuning, after the shared dense pretraining
 FREQUENCY = 50
 SPARSITIES = (0.8, 0.9)
+SEEDS = (0, 1, 2)  # shuffling seeds of the pruning runs; tables report the mean and the spread
 MODELS = ("mlp", "cnn")
 
 
@@ -72,3 +73,20 @@ def recorder(k, masks_of):
 def step_time(times: list[float]) -> float:
     """Median seconds per training step, warm-up (first 20 steps) left out."""
     return float(np.median(times[20:] if len(times) > 40 else times))
+
+
+def interleaved_step_times(k, dense, pruned, x, y, callbacks, rounds: int = 6, steps: int = 40) -> tuple[float, float]:
+    """Median seconds per training step of ``dense`` and ``pruned`` (with ``callbacks``), measured in
+    alternating short fits of ``steps`` steps, the first round left out (tracing, warm-up)."""
+    dense_rec, pruned_rec = recorder(k, None), recorder(k, None)
+    n = steps * BATCH
+    for _ in range(rounds):
+        dense.fit(x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[dense_rec])
+        pruned.fit(x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+                   callbacks=[*callbacks, pruned_rec])
+    return float(np.median(dense_rec.times[steps:])), float(np.median(pruned_rec.times[steps:]))
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "runs": [float(v) for v in values]}

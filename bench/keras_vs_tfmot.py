@@ -70,27 +70,30 @@ def prunekit_run(name, s, xtr, ytr, xte, yte, work) -> dict:
     dense = kc.build(keras, name)
     dense.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
     x, xt = kc.shaped(name, xtr), kc.shaped(name, xte)
-    timing = kc.recorder(keras, None)
     kc.compile_(keras, dense)
-    dense.fit(x, ytr, batch_size=kc.BATCH, epochs=1, verbose=0, callbacks=[timing])
-    schedule = pk.PolynomialDecay(0.0, s, begin_step=0, end_step=kc.end_step(len(x)), frequency=kc.FREQUENCY)
-    pruned = pk.prune_low_magnitude(dense, schedule)
-    kc.compile_(keras, pruned)
-    record = kc.recorder(keras, masks_of)
-    pruned.fit(x, ytr, batch_size=kc.BATCH, epochs=kc.EPOCHS, verbose=0, shuffle=True,
-               callbacks=[pk.UpdatePruningStep(), record])
-    stripped = pk.strip_pruning(pruned)
-    kc.compile_(keras, stripped)
-    acc = float(stripped.evaluate(xt, yte, batch_size=512, verbose=0)[1])
+    accs = []
+    for seed in kc.SEEDS:
+        keras.utils.set_random_seed(seed)
+        schedule = pk.PolynomialDecay(0.0, s, begin_step=0, end_step=kc.end_step(len(x)), frequency=kc.FREQUENCY)
+        pruned = pk.prune_low_magnitude(dense, schedule)
+        kc.compile_(keras, pruned)
+        record = kc.recorder(keras, masks_of)
+        pruned.fit(x, ytr, batch_size=kc.BATCH, epochs=kc.EPOCHS, verbose=0, shuffle=True,
+                   callbacks=[pk.UpdatePruningStep(), record])
+        stripped = pk.strip_pruning(pruned)
+        kc.compile_(keras, stripped)
+        accs.append(float(stripped.evaluate(xt, yte, batch_size=512, verbose=0)[1]))
+        if seed == kc.SEEDS[0]:
+            first, first_pruned, first_stripped = record, pruned, stripped
+    dense_s, pruned_s = kc.interleaved_step_times(keras, dense, first_pruned, x, ytr, [pk.UpdatePruningStep()])
     path = os.path.join(work, f"prunekit_{name}_{s}.keras")
-    stripped.save(path)
+    first_stripped.save(path)
     files = {}
     for v, q, sp in VARIANTS:
         files[v] = {"path": os.path.join(work, f"prunekit_{name}_{s}_{v}.tflite")}
-        files[v]["bytes"] = pk.to_tflite(stripped, files[v]["path"], quantize=q, sparse=sp)
-    return {"accuracy": acc, "zeros_per_step": record.zeros, "step_s": kc.step_time(record.times),
-            "dense_step_s": kc.step_time(timing.times), "stripped_gz_bytes": gz_size(path), "tflite": files,
-            "sparsity": pk.sparsity_report(stripped).sparsity}
+        files[v]["bytes"] = pk.to_tflite(first_stripped, files[v]["path"], quantize=q, sparse=sp)
+    return {"accuracy": kc.summary(accs), "zeros_per_step": first.zeros, "step_s": pruned_s, "dense_step_s": dense_s,
+            "stripped_gz_bytes": gz_size(path), "tflite": files, "sparsity": pk.sparsity_report(first_stripped).sparsity}
 
 
 def _interpreter(path: str, xnnpack: bool):
@@ -138,12 +141,17 @@ def write(result: dict, quick: bool) -> None:
     with open(os.path.join(RESULTS, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     peer = result.get("tfmot")
+    def acc(a):
+        return f"{a['mean']:.4f} ± {a['std']:.4f}"
+
     lines = [f"# prunekit.keras vs TF-MOT {peer['tfmot'] if peer else '(not run)'} on Fashion-MNIST", "",
              f"Keras {keras.__version__} (TensorFlow {tf.__version__} backend) vs tf_keras "
              f"{peer['tf_keras'] if peer else '-'}; {result['n_train']} training / {result['n_test']} test images; "
              f"dense pretraining {result['pretrain_epochs']} epochs, then PolynomialDecay(0 -> s, frequency "
              f"{kc.FREQUENCY}, end step {result['end_steps']}) over {kc.EPOCHS} epochs of Adam 1e-3, batch {kc.BATCH}, "
-             "both tools from the same weights. Produced by `bench/keras_vs_tfmot.py`.", "",
+             f"both tools from the same weights. Accuracy: mean ± sd over {len(kc.SEEDS)} shuffling seeds; step time: "
+             "median of alternating 40-step fits of the dense and the pruned model (with its callback). "
+             "Produced by `bench/keras_vs_tfmot.py`.", "",
              "| model @ sparsity | per-step zeros identical | accuracy prunekit | accuracy TF-MOT | diff (points) "
              "| step time pruned/dense prunekit | same, TF-MOT |", "|---|---|---|---|---|---|---|"]
     for key, run in result["prunekit"].items():
@@ -153,11 +161,11 @@ def write(result: dict, quick: bool) -> None:
             f"{len(run['zeros_per_step'])} steps")
         ratio = run["step_s"] / run["dense_step_s"]
         lines.append(
-            f"| {key} (dense {result['dense'][key.split('@')[0]]['accuracy']:.4f}) | {same} | {run['accuracy']:.4f} | "
-            f"{other['accuracy']:.4f} | {100 * (run['accuracy'] - other['accuracy']):+.2f} | {ratio:.2f}x "
+            f"| {key} (dense {result['dense'][key.split('@')[0]]['accuracy']:.4f}) | {same} | {acc(run['accuracy'])} | "
+            f"{acc(other['accuracy'])} | {100 * (run['accuracy']['mean'] - other['accuracy']['mean']):+.2f} | {ratio:.2f}x "
             f"({run['step_s'] * 1e3:.1f} ms) | {other['step_s'] / other['dense_step_s']:.2f}x "
             f"({other['step_s'] * 1e3:.1f} ms) |" if other else
-            f"| {key} | - | {run['accuracy']:.4f} | - | - | {ratio:.2f}x | - |")
+            f"| {key} | - | {acc(run['accuracy'])} | - | - | {ratio:.2f}x | - |")
     key = f"mlp@{kc.SPARSITIES[-1]}"
     if peer and key in peer["runs"]:
         ours, theirs = result["prunekit"][key]["zeros_per_step"], peer["runs"][key]["zeros_per_step"]
@@ -207,7 +215,7 @@ def main():
     for name in kc.MODELS:
         for s in kc.SPARSITIES:
             result["prunekit"][f"{name}@{s}"] = prunekit_run(name, s, xtr, ytr, xte, yte, work)
-            print(f"prunekit {name}@{s}: {result['prunekit'][f'{name}@{s}']['accuracy']:.4f}", flush=True)
+            print(f"prunekit {name}@{s}: {result['prunekit'][f'{name}@{s}']['accuracy']}", flush=True)
     result["mask_sizes"] = [int(np.prod(w.shape)) for w in kc.build(keras, "mlp").weights if len(w.shape) == 2]
     for name in kc.MODELS:
         key = f"{name}@{kc.SPARSITIES[-1]}"

@@ -1,6 +1,7 @@
 """prunekit.keras._masks: counts as TF-MOT counts, groups as the patterns say (properties over shapes)."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -77,3 +78,21 @@ def test_random_scores_are_reproducible_and_differ_by_step():
     a = _masks.scores(w, "random", 0, "k", 3)
     assert np.array_equal(a, _masks.scores(w, "random", 0, "k", 3))
     assert not np.array_equal(a, _masks.scores(w, "random", 0, "k", 4))
+
+
+def test_polynomial_decay_float32_matches_tfmots_arithmetic():
+    tf = pytest.importorskip("tensorflow")
+    from prunekit.schedules import PolynomialDecay
+
+    def tfmot(s, step):  # TF-MOT 0.8.1 pruning_schedule.PolynomialDecay.__call__, its sparsity half
+        p = tf.math.minimum(1.0, tf.math.maximum(0.0, tf.math.divide(
+            tf.cast(step - s.begin_step, tf.float32), s.end_step - s.begin_step)))
+        sparsity = tf.math.add(tf.math.multiply(s.initial_sparsity - s.final_sparsity, tf.math.pow(1 - p, s.power)),
+                               s.final_sparsity)
+        return np.float32(sparsity.numpy())
+
+    for s in (PolynomialDecay(0.0, 0.9, 0, 703), PolynomialDecay(0.1, 0.95, 10, 1000, power=2),
+              PolynomialDecay(0.2, 0.7, 5, 50, power=1.5)):
+        got = [_masks.sparsity_at(s, step) for step in range(s.end_step + 3)]
+        want = [tfmot(s, step) for step in range(s.end_step + 3)]
+        assert got == want

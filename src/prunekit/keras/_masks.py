@@ -19,9 +19,24 @@ import zlib
 
 import numpy as np
 
-__all__ = ["kept", "scores", "ranked_masks", "nm_mask", "view2d"]
+__all__ = ["sparsity_at", "kept", "scores", "ranked_masks", "nm_mask", "view2d"]
 
 CRITERIA = ("magnitude", "random")
+
+
+def sparsity_at(schedule, step: int) -> np.float32:
+    """The schedule's sparsity at ``step`` in float32, computed in TF-MOT's order of operations (its
+    ``PolynomialDecay`` works in float32; a float64 value rounded to float32 differs in the last bit
+    at about 45% of steps, enough to move ``kept`` by one weight now and then)."""
+    from prunekit.schedules import PolynomialDecay
+
+    if not isinstance(schedule, PolynomialDecay):
+        return np.float32(schedule.sparsity_at(step))
+    f32 = np.float32
+    span = f32(step - schedule.begin_step) / f32(schedule.end_step - schedule.begin_step)
+    p = np.minimum(f32(1.0), np.maximum(f32(0.0), span))
+    decay = f32(np.float64(f32(1.0) - p) ** float(f32(schedule.power)))  # tf.pow: correctly rounded
+    return f32(f32(schedule.initial_sparsity - schedule.final_sparsity) * decay) + f32(schedule.final_sparsity)
 
 
 def kept(size: int, sparsity: float) -> int:

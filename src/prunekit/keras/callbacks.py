@@ -73,7 +73,7 @@ def _update(due: list, step: int, late: dict) -> list[str]:
 
 def _update_group(members: list[PruneLowMagnitude], at: int, step: int) -> None:
     first = members[0]
-    sparsity = float(first.pruning_schedule.sparsity_at(at))
+    sparsity = _masks.sparsity_at(first.pruning_schedule, at)
     kind, *args = parse_pattern(first.pattern)
     weights = [[keras.ops.convert_to_numpy(v) for v in w.pruned] for w in members]
     scores = [w.scores(step) for w in members]

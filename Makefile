@@ -35,7 +35,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 
 bench: $(STAMP)
 	test -d $(FASHION) || ( $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq dataset-fashion-mnist )
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/deploy/test_format.py
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/deploy/test_format.py tests/keras/test_fuzz.py
 	$(BIN)/python bench/prune_global.py
 	$(BIN)/python bench/fashion_mnist.py
 	$(BIN)/python bench/oneshot.py

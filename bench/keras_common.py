@@ -3,6 +3,9 @@ the models, the data, the schedule and the per-step records, written once for bo
 
 from __future__ import annotations
 
+import gzip
+import os
+import shutil
 import time
 
 import fashion_data
@@ -90,3 +93,10 @@ def interleaved_step_times(k, dense, pruned, x, y, callbacks, rounds: int = 6, s
 def summary(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "runs": [float(v) for v in values]}
+
+
+def gz_size(path: str) -> int:
+    """Bytes of ``path`` gzipped (TF-MOT's way of showing what pruning saves on disk)."""
+    with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+    return os.path.getsize(path + ".gz")

@@ -7,10 +7,8 @@ Run: ``.venv-tfmot/bin/python bench/keras_tfmot.py --work DIR [--quick]`` (bench
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import shutil
 import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TF-MOT works with tf_keras (Keras 2) only
@@ -30,12 +28,6 @@ sparsity_api = tfmot.sparsity.keras
 def masks_of(model):
     return [m.numpy() for layer in model.layers if isinstance(layer, PruneLowMagnitude)
             for _, m, _ in layer.pruning_vars]
-
-
-def gz_size(path: str) -> int:
-    with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
-        shutil.copyfileobj(f, g)
-    return os.path.getsize(path + ".gz")
 
 
 def tflite(model, path: str, quantize: bool, sparse: bool) -> int:
@@ -89,7 +81,7 @@ def run(work: str, quick: bool, train: int) -> dict:
                 "zeros_per_step": first.zeros,
                 "step_s": pruned_s,
                 "dense_step_s": dense_s,
-                "stripped_gz_bytes": gz_size(h5),
+                "stripped_gz_bytes": kc.gz_size(h5),
                 "tflite": files,
             }
             print(f"tfmot {name}@{s}: acc {accs}", flush=True)

@@ -15,7 +15,6 @@ bench/results/keras{_quick}.{json,md}.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -44,12 +43,6 @@ def masks_of(model):
     return [keras.ops.convert_to_numpy(m) for w in pk.wrappers(model) for m in w.masks]
 
 
-def gz_size(path: str) -> int:
-    with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
-        shutil.copyfileobj(f, g)
-    return os.path.getsize(path + ".gz")
-
-
 def pretrain(name, xtr, ytr, xte, yte, work, epochs) -> dict:
     keras.utils.set_random_seed(0)
     model = kc.build(keras, name)
@@ -62,7 +55,7 @@ def pretrain(name, xtr, ytr, xte, yte, work, epochs) -> dict:
     for v, q, sp in VARIANTS[::2]:
         files[v]["bytes"] = pk.to_tflite(model, files[v]["path"], quantize=q, sparse=sp)
     acc = float(model.evaluate(kc.shaped(name, xte), yte, batch_size=512, verbose=0)[1])
-    return {"accuracy": acc, "keras_bytes": os.path.getsize(path), "keras_gz_bytes": gz_size(path), "tflite": files}
+    return {"accuracy": acc, "keras_bytes": os.path.getsize(path), "keras_gz_bytes": kc.gz_size(path), "tflite": files}
 
 
 def prunekit_run(name, s, xtr, ytr, xte, yte, work) -> dict:
@@ -93,7 +86,7 @@ def prunekit_run(name, s, xtr, ytr, xte, yte, work) -> dict:
         files[v] = {"path": os.path.join(work, f"prunekit_{name}_{s}_{v}.tflite")}
         files[v]["bytes"] = pk.to_tflite(first_stripped, files[v]["path"], quantize=q, sparse=sp)
     return {"accuracy": kc.summary(accs), "zeros_per_step": first.zeros, "step_s": pruned_s, "dense_step_s": dense_s,
-            "stripped_gz_bytes": gz_size(path), "tflite": files, "sparsity": pk.sparsity_report(first_stripped).sparsity}
+            "stripped_gz_bytes": kc.gz_size(path), "tflite": files, "sparsity": pk.sparsity_report(first_stripped).sparsity}
 
 
 def _interpreter(path: str, xnnpack: bool):

@@ -31,6 +31,11 @@ def test_every_public_name_resolves():
     assert set(prunekit.__all__) <= set(dir(prunekit))
 
 
+def test_submodules_are_attributes_as_before():
+    code = "import prunekit; print(prunekit.bench.__name__, prunekit.report.__name__, prunekit.integrations.__name__)"
+    assert _run(code) == "prunekit.bench prunekit.report prunekit.integrations"
+
+
 def test_unknown_attribute_is_an_attribute_error():
     try:
         prunekit.no_such_thing  # noqa: B018

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -61,6 +62,8 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name not in _NAMES:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")  # any other submodule: prunekit.bench, .keras
         raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
     try:
         module = importlib.import_module(f"{__name__}.{_NAMES[name]}")

@@ -105,7 +105,8 @@ def test_subclassed_model_wraps_its_layers(data):
 def test_conv_nm_groups_run_along_input_channels():
     model = keras.Sequential([keras.Input((6, 6, 8)), keras.layers.Conv2D(4, 3, name="c")])
     pruned = pk.prune_low_magnitude(model, pk.ConstantSparsity(0.5, 0), sparsity_m_by_n=(2, 4))
-    assert pk.update_masks(pruned, 0) == ["prune_low_magnitude_c"]
+    assert pk.update_masks(pruned, 2) == []  # N:M masks are made once, at step 1, as TF-MOT makes them
+    assert pk.update_masks(pruned, 1) == ["prune_low_magnitude_c"]
     k = keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel)  # (3, 3, 8, 4)
     runs = np.moveaxis(k, 2, -1).reshape(3, 3, 4, 2, 4)
     assert (np.count_nonzero(runs, axis=-1) == 2).all()
@@ -184,6 +185,8 @@ def bad_calls():
         "pattern": (lambda m: pk.prune_low_magnitude(m, sched, pattern="3:2"), ValueError, "pattern"),
         "channel": (lambda m: pk.prune_low_magnitude(m, sched, pattern="channel"), ValueError, "channel"),
         "m_by_n": (lambda m: pk.prune_low_magnitude(m, sched, sparsity_m_by_n=(4, 4)), ValueError, "sparsity_m_by_n"),
+        "m_by_n length": (lambda m: pk.prune_low_magnitude(m, sched, sparsity_m_by_n=(2,)), TypeError, "sparsity_m_by_n"),
+        "block_size length": (lambda m: pk.prune_low_magnitude(m, sched, block_size=(1,)), TypeError, "block_size"),
         "criterion": (lambda m: pk.prune_low_magnitude(m, sched, criterion="taylor"), ValueError, "criterion"),
         "scope": (lambda m: pk.prune_low_magnitude(m, sched, scope="model"), ValueError, "scope"),
         "strip unpruned": (lambda m: pk.strip_pruning(m), ValueError, "never pruned"),
@@ -274,3 +277,73 @@ def test_nm_on_a_too_short_input_axis_warns():
     model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="c")])
     with pytest.warns(UserWarning, match="leaves .* dense"):
         pk.prune_low_magnitude(model, pattern="2:4")
+
+
+def test_nm_prunes_at_the_first_step_whatever_the_frequency(data):
+    pruned = compile_(pk.prune_low_magnitude(mlp(), pk.ConstantSparsity(0.5, 0, frequency=100), pattern="2:4"))
+    pruned.fit(*data, epochs=1, batch_size=32, verbose=0, callbacks=[pk.UpdatePruningStep()])
+    kernel = keras.ops.convert_to_numpy(pk.wrappers(pruned)[0].layer.kernel)  # (16, 32): runs along the 16 inputs
+    assert (np.count_nonzero(kernel.T.reshape(32, 4, 4), axis=-1) == 2).all()
+
+
+def test_random_criterion_holds_the_target_over_updates():
+    pruned = pk.prune_low_magnitude(mlp(), pk.ConstantSparsity(0.5, 0, frequency=1), criterion="random")
+    pruned(np.zeros((1, 16), "float32"))
+    for step in range(1, 5):
+        pk.update_masks(pruned, step)
+        assert pk.sparsity_report(pruned).sparsity == pytest.approx(0.5, abs=0.01), step
+
+
+def test_global_scope_strips_without_a_warning(recwarn):
+    pruned = pk.prune_low_magnitude(mlp(), pk.ConstantSparsity(0.8, 0), scope="global")
+    pruned(np.zeros((1, 16), "float32"))
+    pk.update_masks(pruned, 0)
+    pk.strip_pruning(pruned)
+    assert not [w for w in recwarn if "final sparsity" in str(w.message)]
+
+
+def test_ema_optimizer_keeps_the_zeros(data):
+    pruned = pk.prune_low_magnitude(mlp(), pk.ConstantSparsity(0.7, 0, frequency=1))
+    pruned.compile(keras.optimizers.AdamW(1e-2, use_ema=True, ema_overwrite_frequency=None),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(*data, epochs=1, batch_size=32, verbose=0, callbacks=[pk.UpdatePruningStep()])
+    stored = [keras.ops.convert_to_numpy(v) for w in pk.wrappers(pruned) for v in w.pruned]
+    assert [round(float(np.mean(a == 0)), 2) for a in stored] == [0.7, 0.7]
+
+
+def test_nested_model_prunes_strips_and_keeps_its_weights(data):
+    inner = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="inner_d")], name="inner")
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(2, name="top")(inner(inp)))
+    x, y = data
+    pruned = pk.prune_low_magnitude(model, pk.ConstantSparsity(0.6, 0, frequency=1))
+    assert sorted(w.layer.name for w in pk.wrappers(pruned)) == ["inner_d", "top"]
+    np.testing.assert_allclose(pruned.predict(x[:4], verbose=0), model.predict(x[:4], verbose=0), atol=1e-6)
+    compile_(pruned).fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[pk.UpdatePruningStep()])
+    small = pk.strip_pruning(pruned)
+    assert not pk.wrappers(small)
+    assert [r.numel - r.nonzeros for r in pk.sparsity_report(small).rows] == [
+        r.numel - r.nonzeros for r in pk.sparsity_report(pruned).rows]
+    np.testing.assert_allclose(small.predict(x[:4], verbose=0), pruned.predict(x[:4], verbose=0), atol=1e-5)
+
+
+def test_attention_and_depthwise_layers():
+    inp = keras.Input((6, 8))
+    att = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(inp, inp)
+    model = keras.Model(inp, att)
+    pruned = pk.prune_low_magnitude(model, pk.ConstantSparsity(0.5, 0))
+    pk.update_masks(pruned, 0)
+    (w,) = pk.wrappers(pruned)
+    assert len(w.pruned) == 4 and pk.sparsity_report(pruned).sparsity == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="inputs, outputs"):
+        pk.prune_low_magnitude(model, pk.ConstantSparsity(0.5, 0), pattern="2:4")
+    conv = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.DepthwiseConv2D(3, name="dw"),
+                             keras.layers.Conv2D(4, 1, name="pw")])
+    assert [w.layer.name for w in pk.wrappers(pk.prune_low_magnitude(conv))] == ["pw"]  # TF-MOT prunes no depthwise
+
+
+def test_steps_per_execution_is_refused(data):
+    pruned = pk.prune_low_magnitude(mlp(), pk.ConstantSparsity(0.5, 0))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=2)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        pruned.fit(*data, epochs=1, batch_size=32, verbose=0, callbacks=[pk.UpdatePruningStep()])

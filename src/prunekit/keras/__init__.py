@@ -30,15 +30,11 @@ if int(_keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on t
         "Keras 2 / tf_keras models are TF-MOT's (tensorflow_model_optimization)"
     )
 
+from prunekit.keras._layers import PrunableLayer, prunable_weights
 from prunekit.keras.callbacks import PruningSummaries, UpdatePruningStep, sparsity_report, update_masks, wrappers
 from prunekit.keras.export import to_tflite
-from prunekit.keras.wrapper import (
-    PrunableLayer,
-    PruneLowMagnitude,
-    prunable_weights,
-    prune_low_magnitude,
-    strip_pruning,
-)
+from prunekit.keras.strip import strip_pruning
+from prunekit.keras.wrapper import PruneLowMagnitude, prune_low_magnitude
 from prunekit.schedules import Constant, PolynomialDecay, Schedule
 
 

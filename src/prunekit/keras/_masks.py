@@ -8,9 +8,12 @@ kept (ties keep more, never fewer). Scores are ``|w|`` (``"magnitude"``) or seed
 
 Layout (Keras kernels store the output axis last): blocks tile the 2-D view ``(everything else, out)``
 of a kernel, so prunekit's ``"block:RxC"`` (R outputs by C inputs) is TF-MOT's ``block_size=(C, R)``;
-edge blocks are averaged over the elements they hold. ``"N:M"`` keeps the N best of every M consecutive
+tiles start at the first row and column and edge tiles are averaged over the elements they hold (TF-MOT
+pads its pooling on both sides but expands the mask from the origin, so where a kernel is not a
+multiple of the block its edge blocks differ from TF-MOT's). ``"N:M"`` keeps the N best of every M consecutive
 weights along the input axis (second to last: Dense ``(in, out)``, Conv ``(kh, kw, in, out)``), as
-TF-MOT's ``sparsity_m_by_n=(M - N, M)``; a last partial group keeps its best ``min(N, len)``.
+TF-MOT's ``sparsity_m_by_n=(M - N, M)``; a last partial group keeps its best ``min(N, len)``. As in
+TF-MOT, N:M masks are made once, at the first training step, whatever the schedule says.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import keras
 import numpy as np
 
@@ -12,7 +10,8 @@ from prunekit._checks import integer
 from prunekit._pattern_names import parse_pattern
 from prunekit._sparsity import SparsityReport, SparsityRow
 from prunekit.keras import _masks
-from prunekit.keras.wrapper import PruneLowMagnitude, prunable_weights
+from prunekit.keras._layers import prunable_weights
+from prunekit.keras.wrapper import PruneLowMagnitude, group_key
 
 __all__ = ["wrappers", "update_masks", "UpdatePruningStep", "PruningSummaries", "sparsity_report"]
 
@@ -24,14 +23,13 @@ def _layers(model) -> list:
 
 
 def wrappers(model) -> list[PruneLowMagnitude]:
-    """Every :class:`PruneLowMagnitude` inside ``model`` (nested models and custom layers included)."""
+    """Every :class:`PruneLowMagnitude` inside ``model`` (nested models and custom layers included).
+
+    Example:
+        >>> [w.layer.name for w in prunekit.keras.wrappers(pruned)]
+        ['dense', 'dense_1']
+    """
     return [layer for layer in _layers(model) if isinstance(layer, PruneLowMagnitude)]
-
-
-def _group_key(w: PruneLowMagnitude):
-    if w.scope == "layer":
-        return id(w)
-    return (json.dumps(w.pruning_schedule.config(), sort_keys=True), w.pattern, w.criterion, w.block_pooling_type)
 
 
 def update_masks(model, step: int) -> list[str]:
@@ -56,7 +54,7 @@ def update_masks(model, step: int) -> list[str]:
     unbuilt = [w.name for w in found if not w.built]
     if unbuilt:
         raise ValueError(f"wrappers {unbuilt[:4]} are not built yet: call the model on a batch (or model.build) first")
-    return _update([w for w in found if w.pruning_schedule.should_update(step)], step, {})
+    return _update([w for w in found if w.due(step)], step, {})
 
 
 def _update(due: list, step: int, late: dict) -> list[str]:
@@ -65,7 +63,7 @@ def _update(due: list, step: int, late: dict) -> list[str]:
     groups: dict = {}
     for w in due:
         at = late.get(id(w), step)
-        groups.setdefault((_group_key(w), at), []).append(w)
+        groups.setdefault((group_key(w), at), []).append(w)
     for (_, at), members in groups.items():
         _update_group(members, at, step)
     return [w.name for members in groups.values() for w in members]
@@ -118,6 +116,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "UpdatePruningStep: the model has no pruning wrappers; prune it with "
                 "prunekit.keras.prune_low_magnitude(model, schedule) and fit the model it returns"
             )
+        if getattr(self.model, "steps_per_execution", 1) != 1:
+            raise ValueError(
+                f"UpdatePruningStep needs steps_per_execution=1 in compile() (it is "
+                f"{self.model.steps_per_execution}): callbacks see only every N-th step, so the schedule would lag"
+            )
         self._late = {}
         steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers if w.built]
         self.step = max(steps + [0])
@@ -129,11 +132,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
         due = []
         for w in self._wrappers:
             if not w.built:
-                if w.pruning_schedule.should_update(self.step):
+                if w.due(self.step):
                     self._late[id(w)] = self.step
                 continue
             w.pruning_step.assign(self.step)
-            if id(w) in self._late or w.pruning_schedule.should_update(self.step):
+            if id(w) in self._late or w.due(self.step):
                 due.append(w)
         _update(due, self.step, self._late)
         for w in due:
@@ -145,16 +148,19 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 w.apply_masks()
 
     def on_train_end(self, logs=None):
-        for w in self._wrappers:  # a wrapper built inside the first step missed that step's count
-            if w.built and int(keras.ops.convert_to_numpy(w.pruning_step)) < self.step:
+        for w in self._wrappers:
+            if not w.built:
+                continue
+            if int(keras.ops.convert_to_numpy(w.pruning_step)) < self.step:  # built inside its first step
                 w.pruning_step.assign(self.step)
+            w.apply_masks()  # an optimizer with use_ema=True overwrites the weights after the last step
 
 
 class PruningSummaries(keras.callbacks.Callback):
     """TensorBoard scalars: the schedule's target sparsity and each pruned weight's sparsity.
 
-    Tags ``pruning/<wrapper>/<weight>/sparsity`` and ``pruning/<wrapper>/target_sparsity``, at the
-    optimizer's step. Written with the ``tensorboard`` package alone, so every Keras backend logs.
+    Tags ``pruning/<weight path>/sparsity`` and ``pruning/<wrapper>/target_sparsity``, at the wrapper's
+    pruning step. Written with the ``tensorboard`` package alone, so every Keras backend logs.
 
     Args:
         log_dir: folder for the event files (TensorBoard's ``--logdir``).
@@ -180,12 +186,13 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = Writer(self.log_dir)
 
     def _log(self):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         for w in wrappers(self.model):
-            self._writer.add_scalar(f"pruning/{w.name}/target_sparsity", w.pruning_schedule.sparsity_at(step), step)
+            step = int(keras.ops.convert_to_numpy(w.pruning_step))
+            self._writer.add_scalar(f"pruning/{w.name}/target_sparsity", w.pruning_schedule.sparsity_at(max(step, 0)),
+                                    step)
             for var, mask in zip(w.pruned, w.masks):
                 m = keras.ops.convert_to_numpy(mask)
-                self._writer.add_scalar(f"pruning/{w.name}/{var.name}/sparsity", 1.0 - float(m.mean()), step)
+                self._writer.add_scalar(f"pruning/{var.path}/sparsity", 1.0 - float(m.mean()), step)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -203,10 +210,11 @@ class PruningSummaries(keras.callbacks.Callback):
 
 
 def sparsity_report(model) -> SparsityReport:
-    """Count zeros in a Keras 3 model as its forward pass sees them (masks applied). Changes nothing.
+    """Count the zeros of a Keras 3 model's weights, each wrapped weight with its mask applied (what
+    :func:`strip_pruning` keeps). Changes nothing.
 
-    Rows: every prunable weight (wrapped or not); totals over every weight except pruning state.
-    The table is :class:`prunekit.SparsityReport`, the same as for PyTorch models.
+    Rows: every prunable weight (wrapped or not); totals over every weight except pruning state (masks,
+    step counters). The table is :class:`prunekit.SparsityReport`, the same as for PyTorch models.
 
     Example:
         >>> print(prunekit.keras.sparsity_report(pruned))
@@ -214,13 +222,16 @@ def sparsity_report(model) -> SparsityReport:
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"model must be a Keras 3 model or layer, got {type(model).__name__}")
     report = SparsityReport()
-    state = set()
+    state, masked = set(), {}
     for layer in _layers(model):
         if isinstance(layer, PruneLowMagnitude):
             state.update(id(v) for v in (*layer.masks, layer.pruning_step))
+            masked.update((id(v), m) for v, m in zip(layer.pruned, layer.masks))
     for v in model.weights:
         if id(v) not in state:
             a = keras.ops.convert_to_numpy(v)
+            if id(v) in masked:
+                a = a * keras.ops.convert_to_numpy(masked[id(v)])
             report.model_params += a.size
             report.model_nonzeros += int(np.count_nonzero(a))
     seen = set()

@@ -59,7 +59,8 @@ def to_tflite(
     import tensorflow as tf
 
     from prunekit.keras.callbacks import wrappers
-    from prunekit.keras.wrapper import _is_clonable, strip_pruning
+    from prunekit.keras.strip import strip_pruning
+    from prunekit.keras.wrapper import _is_clonable
 
     if wrappers(model) and _is_clonable(model):
         model = strip_pruning(model)

@@ -1,4 +1,4 @@
-"""``prune_low_magnitude`` and ``strip_pruning``: TF-MOT's wrapper, on Keras 3.
+"""``prune_low_magnitude``: TF-MOT's wrapper, on Keras 3.
 
 A :class:`PruneLowMagnitude` wrapper holds a 0/1 mask per prunable weight and the last pruning step.
 Zeros stay zero because each pruned weight gets a constraint ``w * mask`` that every Keras 3 optimizer
@@ -9,6 +9,7 @@ the wrapped layer's own, untouched. Masks change only in :func:`prunekit.keras.u
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import keras
@@ -17,93 +18,25 @@ import numpy as np
 from prunekit._checks import integer
 from prunekit._pattern_names import parse_pattern
 from prunekit.keras import _masks
+from prunekit.keras._layers import check_layout, known, prunable_weights, unknown_error
 from prunekit.schedules import SCHEDULES, Constant, Schedule
 
-__all__ = ["PrunableLayer", "PruneLowMagnitude", "prune_low_magnitude", "strip_pruning", "prunable_weights"]
+__all__ = ["PruneLowMagnitude", "prune_low_magnitude", "group_key"]
 
 BACKENDS = ("tensorflow", "torch")
-_KERNEL = ("kernel",)
-_REGISTRY = [
-    ((keras.layers.Dense, keras.layers.EinsumDense), _KERNEL),
-    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), ("depthwise_kernel",)),
-    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), ("pointwise_kernel",)),
-    ((keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), _KERNEL),
-    ((keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose), _KERNEL),
-    ((keras.layers.Embedding,), ("embeddings",)),
-]
-# Layers with weights that pruning leaves alone (TF-MOT's registry does the same).
-_NOT_PRUNED = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.PReLU,
-)
-
-
-class PrunableLayer:
-    """Mix into a custom layer to say which of its weights may be pruned (TF-MOT's ``PrunableLayer``).
-
-    Example:
-        >>> class MyDense(keras.layers.Layer, prunekit.keras.PrunableLayer):
-        ...     def get_prunable_weights(self):
-        ...         return [self.kernel]
-    """
-
-    def get_prunable_weights(self) -> list:
-        raise NotImplementedError("PrunableLayer subclasses return their prunable variables here")
-
-
-def _known(layer) -> bool | None:
-    """True: prunekit knows its prunable weights; False: nothing to prune; None: a custom layer with
-    weights it does not know. Needs no build."""
-    if isinstance(layer, PrunableLayer) or any(isinstance(layer, types) for types, _ in _REGISTRY):
-        return True
-    if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN, keras.layers.MultiHeadAttention)):
-        return True
-    if isinstance(layer, _NOT_PRUNED) or (layer.built and not layer.weights):
-        return False
-    if not layer.built and type(layer).build is keras.layers.Layer.build:
-        return False  # a layer without a build of its own creates no weights
-    return None
-
-
-def prunable_weights(layer) -> list | None:
-    """The variables of a built ``layer`` that pruning may mask; ``[]`` for layers with nothing to prune;
-    ``None`` for a custom layer with weights that prunekit does not know."""
-    known = _known(layer)
-    if not known:
-        return None if known is None else []
-    if isinstance(layer, PrunableLayer):
-        return list(layer.get_prunable_weights())
-    for types, names in _REGISTRY:
-        if isinstance(layer, types):
-            return [getattr(layer, n) for n in names]
-    if isinstance(layer, keras.layers.MultiHeadAttention):
-        return [d.kernel for d in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)]
-    return [layer.cell.kernel, layer.cell.recurrent_kernel]
-
-
-def _unknown(layer) -> TypeError:
-    return TypeError(
-        f"layer '{layer.name}' ({type(layer).__name__}) has weights prunekit does not know how to prune. "
-        "Mix prunekit.keras.PrunableLayer into its class and return the prunable variables from "
-        f"get_prunable_weights(), or, when pruning a whole model, leave it out with exclude='{layer.name}'"
-    )
-
-
 def _check_pattern(pattern, block_size, sparsity_m_by_n) -> str:
     """One pattern string (prunekit's vocabulary) from ``pattern`` or TF-MOT's two arguments."""
     if sparsity_m_by_n is not None:
         if pattern is not None:
             raise ValueError("give pattern= or sparsity_m_by_n=, not both")
-        try:
-            zeros, m = (integer(v, "sparsity_m_by_n", 1) for v in sparsity_m_by_n)
-        except TypeError:
-            raise TypeError(f"sparsity_m_by_n must be (zeros, group), e.g. (2, 4); got {sparsity_m_by_n!r}") from None
+        if not isinstance(sparsity_m_by_n, (tuple, list)) or len(sparsity_m_by_n) != 2:
+            raise TypeError(f"sparsity_m_by_n must be (zeros, group), e.g. (2, 4); got {sparsity_m_by_n!r}")
+        zeros, m = (integer(v, "sparsity_m_by_n", 1) for v in sparsity_m_by_n)
         if zeros >= m:
             raise ValueError(f"sparsity_m_by_n={tuple(sparsity_m_by_n)}: zeros must be fewer than the group, e.g. (2, 4)")
         pattern = f"{m - zeros}:{m}"
+    if not isinstance(block_size, (tuple, list)) or len(block_size) != 2:
+        raise TypeError(f"block_size must be (rows, cols) of the (inputs, outputs) kernel, e.g. (1, 4); got {block_size!r}")
     if tuple(block_size) != (1, 1):
         if pattern is not None:
             raise ValueError("give pattern= or block_size=, not both")
@@ -160,12 +93,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "(there the optimizer's compiled step cannot see mask updates made between steps): set "
                 "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch before importing keras"
             )
-        if isinstance(layer, keras.layers.Layer) and _known(layer) is None:
-            raise _unknown(layer)
+        if isinstance(layer, keras.layers.Layer) and known(layer) is None:
+            raise unknown_error(layer)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = _check_schedule(pruning_schedule)
         self.pattern = _check_pattern(pattern, (1, 1), None)
+        if isinstance(layer, keras.layers.Layer) and known(layer):
+            check_layout(layer, self.pattern, parse_pattern(self.pattern)[0])
         if criterion not in _masks.CRITERIA:
             raise ValueError(f"criterion={criterion!r} is unknown; use one of {_masks.CRITERIA}")
         if block_pooling_type not in ("AVG", "MAX"):
@@ -203,11 +138,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             kwargs.pop("training")
         return self.layer(inputs, *args, **kwargs)
 
+    def due(self, step: int) -> bool:
+        """Whether the masks update at ``step``: as the schedule says; N:M masks once, at step 1 (TF-MOT)."""
+        if parse_pattern(self.pattern)[0] == "nm":
+            return step == 1
+        return self.pruning_schedule.should_update(step)
+
     def scores(self, step: int) -> list[np.ndarray]:
-        """Element scores of each pruned weight now (higher = keep)."""
-        return [
-            _masks.scores(keras.ops.convert_to_numpy(w), self.criterion, self.seed, w.path, step) for w in self.pruned
-        ]
+        """Element scores of each pruned weight now (higher = keep); what the mask already dropped
+        scores -inf, so pruning again only ever removes more."""
+        out = []
+        for w, m in zip(self.pruned, self.masks):
+            s = _masks.scores(keras.ops.convert_to_numpy(w), self.criterion, self.seed, w.path, step)
+            out.append(np.where(keras.ops.convert_to_numpy(m) > 0, s, -np.inf).astype(np.float32))
+        return out
 
     def set_masks(self, masks: list[np.ndarray], step: int) -> None:
         """Assign new masks and zero what they drop (the step is recorded). What was pruned stays
@@ -224,12 +168,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for w, m in zip(self.pruned, self.masks):
             w.assign(keras.ops.convert_to_numpy(w) * keras.ops.convert_to_numpy(m))
 
-    def release(self) -> None:
-        """Take the mask constraints off the wrapped weights (their original constraints return)."""
-        for w in self.pruned:
-            if isinstance(w.constraint, _MaskConstraint):
-                w.constraint = w.constraint.inner
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -243,8 +181,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
 
 def _copy(layer):
-    """A new layer with ``layer``'s config; weights are copied once the clone is built."""
-    return layer.__class__.from_config(layer.get_config())
+    """A new layer with ``layer``'s config, built as it was (layers with several inputs, such as
+    MultiHeadAttention, cannot be built from the wrapper's one input shape); weights are copied once
+    the clone is complete."""
+    new = layer.__class__.from_config(layer.get_config())
+    build = layer.get_build_config() if layer.built else None
+    if build:
+        new.build_from_config(build)
+    return new
 
 
 def _is_clonable(model) -> bool:
@@ -265,15 +209,18 @@ def _check_keras3(model, name: str):
     raise TypeError(f"{name} must be a Keras 3 model or layer (or a list of layers), got {type(model).__name__}")
 
 
-def _clone(model, make):
-    """Clone a Sequential/Functional model layer by layer with ``make(old) -> new``, then copy weights."""
+def _clone(model, make, made: dict | None = None):
+    """Clone a Sequential/Functional model layer by layer with ``make(old) -> new`` and copy the
+    weights; ``made`` collects ``id(old layer) -> new layer`` (nested models included)."""
+    made = {} if made is None else made
     pairs = []
 
     def clone_function(layer):
         if isinstance(layer, keras.Model) and _is_clonable(layer):
-            return _clone(layer, make)
+            return _clone(layer, make, made)
         new = make(layer)
         pairs.append((layer, new))
+        made[id(layer)] = new
         return new
 
     clone = keras.models.clone_model(model, clone_function=clone_function)
@@ -284,6 +231,14 @@ def _clone(model, make):
         if isinstance(old, PruneLowMagnitude) and isinstance(new, PruneLowMagnitude):
             new.set_weights(old.get_weights())
     return clone
+
+
+def group_key(w: PruneLowMagnitude):
+    """Wrappers ranked together: each alone for ``scope="layer"``; for ``"global"``, all with the same
+    schedule, pattern, criterion and pooling."""
+    if w.scope == "layer":
+        return id(w)
+    return (json.dumps(w.pruning_schedule.config(), sort_keys=True), w.pattern, w.criterion, w.block_pooling_type)
 
 
 def prune_low_magnitude(
@@ -348,12 +303,12 @@ def prune_low_magnitude(
     for layer in _leaves(to_prune):
         if isinstance(layer, PruneLowMagnitude):
             raise ValueError(f"to_prune already has pruning wrappers ('{layer.name}'); prune a model once")
-        if selected(layer) and _known(layer) is None:
-            raise _unknown(layer)
+        if selected(layer) and known(layer) is None:
+            raise unknown_error(layer)
 
     def make(layer):
         new = _copy(layer)
-        return PruneLowMagnitude(new, **options) if selected(layer) and _known(layer) else new
+        return PruneLowMagnitude(new, **options) if selected(layer) and known(layer) else new
 
     return _clone(to_prune, make)
 
@@ -378,67 +333,3 @@ def _leaves(model):
             yield layer
 
 
-def _final_sparsity(w: PruneLowMagnitude) -> float:
-    kind, *args = parse_pattern(w.pattern)
-    if kind == "nm":
-        return 1.0 - args[0] / args[1]
-    s = w.pruning_schedule
-    return float(getattr(s, "final_sparsity", getattr(s, "sparsity", 0.0)))
-
-
-def _warn_short(wrappers: list) -> None:
-    """Say so when a model is stripped before its schedule reached its final sparsity."""
-    short = []
-    for w in wrappers:
-        reached = 1.0 - float(np.mean([keras.ops.convert_to_numpy(m).mean() for m in w.masks])) if w.masks else 0.0
-        target = _final_sparsity(w)
-        if reached < target - 0.01:
-            short.append(f"'{w.layer.name}' {reached:.0%} of {target:.0%}")
-    if short:
-        step = max(int(keras.ops.convert_to_numpy(w.pruning_step)) for w in wrappers)
-        warnings.warn(
-            f"strip_pruning: the schedule has not reached its final sparsity at step {step}: {', '.join(short[:4])}"
-            f"{' ...' if len(short) > 4 else ''}. Train longer (or end the schedule earlier) to prune it fully",
-            stacklevel=3)
-
-
-def strip_pruning(model):
-    """A copy of a pruned Sequential/Functional model without the wrappers: each wrapped layer comes
-    back as itself, its weights multiplied by their masks. Changes nothing it is given.
-
-    Raises:
-        ValueError: the model has no pruning wrappers, or its masks were never computed (it was
-            trained without ``UpdatePruningStep``).
-
-    Example:
-        >>> small = prunekit.keras.strip_pruning(pruned); small.save("small.keras")
-    """
-    _check_keras3(model, "model")
-    if not isinstance(model, keras.Model) or not _is_clonable(model):
-        raise TypeError(
-            "strip_pruning copies Sequential and Functional models; for a subclassed model call "
-            "prunekit.keras.update_masks(model, ...) as training does and save it with its wrappers"
-        )
-    wrappers = [layer for layer in _leaves(model) if isinstance(layer, PruneLowMagnitude)]
-    if not wrappers:
-        raise ValueError("model was never pruned: it has no pruning wrappers (prune_low_magnitude makes them)")
-    idle = [w.name for w in wrappers if int(keras.ops.convert_to_numpy(w.pruning_step)) < 0]
-    if idle:
-        raise ValueError(
-            f"model was never pruned: the masks of {idle[:4]} were never computed. Train with "
-            "callbacks=[prunekit.keras.UpdatePruningStep()] (or call prunekit.keras.update_masks) first"
-        )
-
-    _warn_short(wrappers)
-
-    def make(layer):
-        return _copy(layer.layer if isinstance(layer, PruneLowMagnitude) else layer)
-
-    clone = _clone(model, make)
-    stripped = {id(w.layer): w for w in wrappers}
-    for old, new in zip(_leaves(model), _leaves(clone)):
-        w = stripped.get(id(getattr(old, "layer", None)))
-        if w is not None:
-            for var, mask, target in zip(w.pruned, w.masks, prunable_weights(new)):
-                target.assign(keras.ops.convert_to_numpy(var) * keras.ops.convert_to_numpy(mask))
-    return clone

@@ -261,3 +261,27 @@ def test_a_budget_pays_for_the_sparsegpt_updates_first(monkeypatch):
     with pytest.raises(ValueError, match="SparseGPT updates"):
         recover(copy.deepcopy(teacher), teacher, batches(), sparsity=0.8, criterion="sparsegpt", budget_s=10.0,
                 updates=5, progress=False, autocast=False)
+
+
+def test_the_step_time_estimate_ignores_a_slow_first_call():
+    """The budget is planned from the step time; a slow first call (warm-up, a busy moment) used to be the
+    whole estimate, and a 30-minute budget ran 12 minutes of steps."""
+    import importlib
+    import time
+
+    rec = importlib.import_module("prunekit.recipes.recover")
+    teacher = Tiny().eval()
+    student = copy.deepcopy(teacher)
+    calls = []
+
+    def run(model, batch):
+        if not calls:
+            time.sleep(0.5)  # the first call only
+        calls.append(1)
+        return model(batch)
+
+    batch = batches(1)[0]
+    seconds = rec._time_one_step(student, teacher, batch, run, "mse", 0.0, False)
+    assert len(calls) == 6  # teacher and student, three times
+    assert seconds < 0.25
+    assert all(p.grad is None for p in student.parameters())  # nothing about the student changed

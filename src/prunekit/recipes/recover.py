@@ -337,24 +337,28 @@ def _in(targets) -> Callable[[nn.Module], bool]:
     return lambda m: id(m) in ids
 
 
-def _time_one_step(student, teacher, batch, run, kind, hidden_weight, bf16) -> float:
-    """Seconds of one forward + backward of both (eval mode: nothing about the student changes)."""
+def _time_one_step(student, teacher, batch, run, kind, hidden_weight, bf16, repeats: int = 3) -> float:
+    """Seconds of one forward + backward of both, the median of ``repeats`` (the first call pays for
+    warm-up, and one timing taken in a busy moment planned a 30-minute budget as 12 minutes of steps).
+    Eval mode, gradients restored: nothing about the student changes."""
     grads = {p: p.grad for p in student.parameters()}
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
-    t0 = time.perf_counter()
-    with modes(student), modes(teacher):
-        with torch.no_grad(), amp, Capture(teacher) as ct:
-            t = run(teacher, batch)
-        with amp, Capture(student) as cs:
-            s = run(student, batch)
-        loss = output_loss(kind, s, t)
-        if hidden_weight and ct.states:
-            loss = loss + hidden_loss(cs.states, ct.states)
-        loss.backward()
-    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with modes(student), modes(teacher):
+            with torch.no_grad(), amp, Capture(teacher) as ct:
+                t = run(teacher, batch)
+            with amp, Capture(student) as cs:
+                s = run(student, batch)
+            loss = output_loss(kind, s, t)
+            if hidden_weight and ct.states:
+                loss = loss + hidden_loss(cs.states, ct.states)
+            loss.backward()
+        times.append(time.perf_counter() - t0)
     for p, g in grads.items():
         p.grad = g
-    return seconds
+    return sorted(times)[len(times) // 2]
 
 
 def _time_sparsegpt(student, calib, sparsity, pattern, modules: set[str]) -> float:

@@ -100,3 +100,25 @@ def gz_size(path: str) -> int:
     with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
         shutil.copyfileobj(f, g)
     return os.path.getsize(path + ".gz")
+
+
+def pruning_runs(k, tool, fresh, masks_of, s: float, x, y, xt, yt):
+    """The protocol both tools follow, through the API names they share (``tool`` is
+    ``tfmot.sparsity.keras`` or ``prunekit.keras``): for each seed, wrap ``fresh()`` (the dense model,
+    anew) with PolynomialDecay(0 -> s), fit with ``UpdatePruningStep``, strip, evaluate.
+
+    Returns ``(accuracies, (record, pruned, stripped) of the first seed)``."""
+    accs, first = [], None
+    for seed in SEEDS:
+        k.utils.set_random_seed(seed)
+        schedule = tool.PolynomialDecay(0.0, s, begin_step=0, end_step=end_step(len(x)), frequency=FREQUENCY)
+        pruned = tool.prune_low_magnitude(fresh(), pruning_schedule=schedule)
+        compile_(k, pruned)
+        record = recorder(k, masks_of)
+        pruned.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=True,
+                   callbacks=[tool.UpdatePruningStep(), record])
+        stripped = tool.strip_pruning(pruned)
+        compile_(k, stripped)
+        accs.append(float(stripped.evaluate(xt, yt, batch_size=512, verbose=0)[1]))
+        first = first or (record, pruned, stripped)
+    return accs, first

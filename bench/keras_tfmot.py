@@ -50,23 +50,13 @@ def run(work: str, quick: bool, train: int) -> dict:
         x, xt = kc.shaped(name, xtr), kc.shaped(name, xte)
         kc.compile_(tf_keras, dense)
         for s in kc.SPARSITIES:
-            accs = []
-            for seed in kc.SEEDS:
-                tf_keras.utils.set_random_seed(seed)
+            def fresh():
                 model = kc.build(tf_keras, name)
                 model.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
-                schedule = sparsity_api.PolynomialDecay(0.0, s, begin_step=0, end_step=kc.end_step(len(x)),
-                                                        frequency=kc.FREQUENCY)
-                pruned = sparsity_api.prune_low_magnitude(model, pruning_schedule=schedule)
-                kc.compile_(tf_keras, pruned)
-                record = kc.recorder(tf_keras, masks_of)
-                pruned.fit(x, ytr, batch_size=kc.BATCH, epochs=kc.EPOCHS, verbose=0, shuffle=True,
-                           callbacks=[sparsity_api.UpdatePruningStep(), record])
-                stripped = sparsity_api.strip_pruning(pruned)
-                kc.compile_(tf_keras, stripped)
-                accs.append(float(stripped.evaluate(xt, yte, batch_size=512, verbose=0)[1]))
-                if seed == kc.SEEDS[0]:
-                    first, first_pruned, first_stripped = record, pruned, stripped
+                return model
+
+            accs, (first, first_pruned, first_stripped) = kc.pruning_runs(tf_keras, sparsity_api, fresh, masks_of, s,
+                                                                          x, ytr, xt, yte)
             dense_s, pruned_s = kc.interleaved_step_times(tf_keras, dense, first_pruned, x, ytr,
                                                           [sparsity_api.UpdatePruningStep()])
             h5 = os.path.join(work, f"tfmot_{name}_{s}.h5")

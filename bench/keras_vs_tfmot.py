@@ -64,20 +64,8 @@ def prunekit_run(name, s, xtr, ytr, xte, yte, work) -> dict:
     dense.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
     x, xt = kc.shaped(name, xtr), kc.shaped(name, xte)
     kc.compile_(keras, dense)
-    accs = []
-    for seed in kc.SEEDS:
-        keras.utils.set_random_seed(seed)
-        schedule = pk.PolynomialDecay(0.0, s, begin_step=0, end_step=kc.end_step(len(x)), frequency=kc.FREQUENCY)
-        pruned = pk.prune_low_magnitude(dense, schedule)
-        kc.compile_(keras, pruned)
-        record = kc.recorder(keras, masks_of)
-        pruned.fit(x, ytr, batch_size=kc.BATCH, epochs=kc.EPOCHS, verbose=0, shuffle=True,
-                   callbacks=[pk.UpdatePruningStep(), record])
-        stripped = pk.strip_pruning(pruned)
-        kc.compile_(keras, stripped)
-        accs.append(float(stripped.evaluate(xt, yte, batch_size=512, verbose=0)[1]))
-        if seed == kc.SEEDS[0]:
-            first, first_pruned, first_stripped = record, pruned, stripped
+    accs, (first, first_pruned, first_stripped) = kc.pruning_runs(keras, pk, lambda: dense, masks_of, s, x, ytr,
+                                                                  xt, yte)  # prune_low_magnitude copies dense
     dense_s, pruned_s = kc.interleaved_step_times(keras, dense, first_pruned, x, ytr, [pk.UpdatePruningStep()])
     path = os.path.join(work, f"prunekit_{name}_{s}.keras")
     first_stripped.save(path)

@@ -12,17 +12,21 @@ APT_GET = DEBIAN_FRONTEND=noninteractive apt-get -y -qq --no-install-recommends
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements/test.txt pyproject.toml
+KERNEL_SOURCES := $(wildcard src/prunekit/deploy/kernels/*.cpp src/prunekit/deploy/kernels/*.h)
+
+# --no-build-isolation: setup.py compiles the sparse CPU kernels against the torch just installed (about
+# 2 minutes on 2 cores), so no process compiles at first use; edited kernel sources rebuild here.
+$(STAMP): requirements/test.txt pyproject.toml setup.py $(KERNEL_SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements/test.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/prunekit demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples setup.py
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo "sudo -n"; } ); \
 	  echo "make test: installing $(CHROMIUM_DEBS) with $${sudo:+$$sudo }apt-get (the HTML report's rendering test)"; \
@@ -35,7 +39,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 
 bench: $(STAMP)
 	test -d $(FASHION) || ( $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq dataset-fashion-mnist )
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/deploy/test_format.py tests/keras/test_fuzz.py
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/deploy/test_format.py tests/deploy/test_runtime_file.py tests/keras/test_fuzz.py
 	$(BIN)/python bench/prune_global.py
 	$(BIN)/python bench/fashion_mnist.py
 	$(BIN)/python bench/oneshot.py
@@ -51,11 +55,12 @@ bench: $(STAMP)
 	test -x .venv-deepsparse/bin/python || ( $(PY) -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install -q "deepsparse==1.8.0" "numpy<2" ) || echo "DeepSparse 1.8 not installable here: its column is skipped"
 	$(BIN)/python bench/sparse_runtime.py
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/compiled_runtime.py
 	test -x .venv-tfmot/bin/python || ( $(PY) -m venv .venv-tfmot && .venv-tfmot/bin/pip install -q "tensorflow-cpu==2.21.0" "tf_keras==2.21.*" "tensorflow-model-optimization==0.8.1" ) || echo "TF-MOT 0.8.1 not installable here: its columns are skipped"
 	$(BIN)/python bench/keras_vs_tfmot.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build src/prunekit/deploy/kernels/_prebuilt_*
 
 # API reference from the docstrings: `make docs`, then open docs/api/index.html (gitignored).
 # A listed module that cannot be imported fails the build. Silenced: pdoc's notice that a listed

@@ -29,8 +29,10 @@ def _csr(w: torch.Tensor, module: nn.Module, chunks_per_thread: int) -> None:
 
 
 class _KernelLayer(nn.Module):
-    """Base of the kernel-backed layers: ``self._k`` is the compiled extension, which Python cannot
-    copy or pickle, so copies carry its build name (``"avx512"`` / ``"portable"``) and load it again."""
+    """Base of the kernel-backed layers: ``self._k`` is the compiled extension and ``self._ops`` its
+    ``torch.ops`` namespace (forwards call the operators, which torch.compile and torch.export can
+    trace). Python cannot copy or pickle either, so copies carry the build name (``"avx512"`` /
+    ``"portable"``) and load it again."""
 
     def _adopt(self, layer: nn.Module, kernels: Any) -> torch.Tensor:
         """Check ``layer``'s weight (float32 on the CPU), keep its bias as a buffer and the kernels; return the weight."""
@@ -38,12 +40,13 @@ class _KernelLayer(nn.Module):
         if w.dtype != torch.float32 or w.device.type != "cpu":
             raise ValueError(f"{type(self).__name__} needs a float32 CPU weight, got {w.dtype} on {w.device}")
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().contiguous())
-        self._k = kernels
+        self._k, self._ops = kernels, kernels.ops
         return w
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_k"] = self._k.isa()
+        del state["_ops"]
         return state
 
     def __setstate__(self, state):
@@ -52,6 +55,7 @@ class _KernelLayer(nn.Module):
         self._k = load(isa)
         if self._k is None:
             raise RuntimeError(f"{type(self).__name__} needs prunekit's '{isa}' kernels, which cannot be built here")
+        self._ops = self._k.ops
 
 
 def _inference_only(name: str, x: torch.Tensor) -> None:
@@ -61,6 +65,12 @@ def _inference_only(name: str, x: torch.Tensor) -> None:
         raise RuntimeError(f"{name} runs a C++ kernel that torch.jit.trace cannot record (the trace would return "
                            "the same output for every input); trace or export the pruned model itself, or use "
                            "prunekit.deploy.export_onnx, which exports what the float kernels compute")
+
+
+def _features(name: str, got: int, want: int, what: str = "features") -> None:
+    """The kernels index the input by the weight's columns, so a narrower input must never reach them."""
+    if got != want:
+        raise ValueError(f"{name} takes inputs with {want} {what} (as the layer it replaced), got {got}")
 
 
 def _dense_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, cols: int) -> torch.Tensor:
@@ -110,8 +120,9 @@ class SparseLinear(_KernelLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseLinear", x)
+        _features("SparseLinear", x.shape[-1] if x.dim() else 0, self.in_features)
         b = self._buffers  # a dict lookup: each module attribute lookup of a buffer costs ~0.7 us
-        return self._k.linear(b["chunks"], b["indptr"], b["indices"], b["values"], x, b["bias"])
+        return self._ops.linear(b["chunks"], b["indptr"], b["indices"], b["values"], x, b["bias"])
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features
@@ -161,8 +172,9 @@ class SparseLinearInt8(_KernelLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _inference_only("SparseLinearInt8", x)
+        _features("SparseLinearInt8", x.shape[-1] if x.dim() else 0, self.in_features)
         b = self._buffers
-        return self._k.linear_int8(b["chunks"], b["indptr"], b["groups"], b["packed"], b["row_sums"], b["scale"], x,
+        return self._ops.linear_int8(b["chunks"], b["indptr"], b["groups"], b["packed"], b["row_sums"], b["scale"], x,
                                    b["bias"])
 
     def extra_repr(self) -> str:
@@ -225,13 +237,16 @@ class SparseConv2d(_KernelLayer):
         _inference_only("SparseConv2d", x)
         b = self._buffers
         unbatched = x.dim() == 3
+        if x.dim() not in (3, 4):
+            raise ValueError(f"SparseConv2d takes (N, C, H, W) or (C, H, W) inputs, got shape {tuple(x.shape)}")
+        _features("SparseConv2d", x.shape[-3], self.in_channels, "channels")
         if unbatched:
             x = x.unsqueeze(0)
         left, right, top, bottom = self.pad
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         h, w = x.shape[-2] + top + bottom, x.shape[-1] + left + right
         ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-        y = self._k.spmm_conv(b["indptr"], b["indices"], b["values"], x.float().contiguous(), b["bias"],
+        y = self._ops.conv2d(b["indptr"], b["indices"], b["values"], x.float().contiguous(), b["bias"],
                               [kh, kw, sh, sw, dh, dw, top, left, ho, wo])
         return y[0] if unbatched else y
 

@@ -242,6 +242,7 @@ def dynamic_int8(module: nn.Module) -> nn.Module | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated, still shipped
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")  # the same, as a UserWarning
             return torch.ao.quantization.quantize_dynamic(nn.Sequential(module), {nn.Linear}, dtype=torch.qint8)[0]
     except (AttributeError, ImportError, RuntimeError):
         return None

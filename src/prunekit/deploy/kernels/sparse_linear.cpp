@@ -434,6 +434,32 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
 torch::Tensor linear_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tensor gidx, torch::Tensor w4,
                           torch::Tensor wsum, torch::Tensor wscale, torch::Tensor x, c10::optional<torch::Tensor> bias);
 
+// The forwards as PyTorch operators (torch.library), so torch.compile, torch.export and AOTInductor
+// see a call to an operator with a schema instead of an opaque Python function. Each build has its
+// own namespace (PRUNEKIT_OPS: prunekit_avx512 or prunekit_portable), because both builds can be
+// loaded in one process. Shape-only ("fake") implementations are registered from Python (kernels/
+// __init__.py), where the output shapes are one line each.
+torch::Tensor conv_op(torch::Tensor indptr, torch::Tensor indices, torch::Tensor values, torch::Tensor x,
+                      c10::optional<torch::Tensor> bias, c10::IntArrayRef params) {
+  return spmm_conv(indptr, indices, values, x, bias, params.vec());
+}
+
+#define PRUNEKIT_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)  // expands PRUNEKIT_OPS before TORCH_LIBRARY pastes it
+#define PRUNEKIT_LIBRARY_IMPL(ns, m) TORCH_LIBRARY_IMPL(ns, CPU, m)
+
+PRUNEKIT_LIBRARY(PRUNEKIT_OPS, m) {
+  m.def("linear(Tensor chunks, Tensor indptr, Tensor indices, Tensor values, Tensor x, Tensor? bias) -> Tensor");
+  m.def("linear_int8(Tensor chunks, Tensor indptr, Tensor groups, Tensor packed, Tensor row_sums, Tensor scale, "
+        "Tensor x, Tensor? bias) -> Tensor");
+  m.def("conv2d(Tensor indptr, Tensor indices, Tensor values, Tensor x, Tensor? bias, int[] params) -> Tensor");
+}
+
+PRUNEKIT_LIBRARY_IMPL(PRUNEKIT_OPS, m) {
+  m.impl("linear", &linear);
+  m.impl("linear_int8", &linear_int8);
+  m.impl("conv2d", &conv_op);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm_conv", &spmm_conv, "CSR weights x implicitly unfolded NCHW input (AVX-512 build)");
   m.def("has_conv", &has_conv, "whether spmm_conv is compiled in");

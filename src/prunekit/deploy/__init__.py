@@ -10,7 +10,8 @@ from prunekit.deploy.runtime import (
     sparse_runtime,
     to_sparse_runtime,
 )
+from prunekit.deploy.runtime_file import RUNTIME_FORMAT, load_runtime, save_runtime
 from prunekit.deploy.storage import FORMAT, SaveInfo, load, save
 
 __all__ = ["save", "load", "SaveInfo", "FORMAT", "export_onnx", "ExportInfo", "to_sparse_runtime", "Runtime", "dynamic_int8", "sparse_runtime", "SparseLinear",
-           "SparseLinearInt8", "SparseConv2d", "RuntimeReport", "semi_structured"]
+           "SparseLinearInt8", "SparseConv2d", "RuntimeReport", "semi_structured", "save_runtime", "load_runtime", "RUNTIME_FORMAT"]

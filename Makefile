@@ -33,7 +33,7 @@ test: $(STAMP)
 	  $$sudo env $(APT_GET) install $(CHROMIUM_DEBS) >/dev/null \
 	    || { $$sudo env $(APT_GET) update >/dev/null && $$sudo env $(APT_GET) install $(CHROMIUM_DEBS) >/dev/null; } \
 	    || echo "make test: chromium could not be installed; tests/test_htmlreport.py's browser test will skip"; }
-	$(BIN)/python -m pytest -q --durations=15
+	PRUNEKIT_REQUIRE_PREBUILT=1 $(BIN)/python -m pytest -q --durations=15
 
 FASHION := /usr/share/datasets/fashion-mnist
 

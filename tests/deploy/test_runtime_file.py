@@ -58,6 +58,9 @@ def _pruned(seed: int = 0) -> Net:
 def _mixed_runtime(model: Net) -> nn.Module:
     """Every kind of layer the runtime makes, chosen by hand: CSR conv, CSR Linear, sparse int8, dynamic int8."""
     fast, _ = to_sparse_runtime(model)
+    fast.fc1 = SparseLinear(model.fc1, kernels)  # not left to timing: every test below relies on these kinds
+    if kernels.has_conv():
+        fast.conv = SparseConv2d(model.conv, kernels)
     if kernels.has_vnni():
         fast.fc2 = SparseLinearInt8(model.fc2, kernels)
     fast.head = dynamic_int8(model.head)
@@ -163,25 +166,102 @@ def test_runtime_file_from_another_model_or_a_newer_format_is_refused_by_name(tm
         load_runtime(plain, Net())
 
 
+def _arrays(path):
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["prunekit_runtime"])
+
+
+def _rows_swapped(t):  # a non-monotone indptr that still starts at 0 and ends at the count
+    t = t.clone()
+    first, second = int(t[1]), int(t[2])
+    t[1], t[2] = second + 1, first
+    return t
+
+
+# (layer damaged, what is done to the saved arrays or record, what the refusal says)
+DAMAGE = {
+    "index past the row": ("fc1", lambda t, h: t["fc1.indices"].__setitem__(-1, 10_000), "inconsistent"),
+    "negative index": ("fc1", lambda t, h: t["fc1.indices"].__setitem__(0, -1), "inconsistent"),
+    "indptr short": ("fc1", lambda t, h: t.__setitem__("fc1.indptr", t["fc1.indptr"][:-1].clone()), "1-d torch.int64"),
+    "indptr not rising": ("fc1", lambda t, h: t.__setitem__("fc1.indptr", _rows_swapped(t["fc1.indptr"])),
+                          "inconsistent"),
+    "values dtype": ("fc1", lambda t, h: t.__setitem__("fc1.values", t["fc1.values"].double()), "torch.float64"),
+    "chunks past the end": ("fc1", lambda t, h: t["fc1.chunks"].__setitem__(-1, t["fc1.chunks"][-1] + 1),
+                            "inconsistent"),
+    "chunks not from 0": ("fc1", lambda t, h: t["fc1.chunks"].__setitem__(0, 1), "inconsistent"),
+    "extra array": ("fc1", lambda t, h: t.__setitem__("fc1.extra", torch.zeros(3)), "arrays .* in the file"),
+    "bias dropped": ("fc1", lambda t, h: t.pop("fc1.bias"), "arrays .* in the file"),
+    "conv index past the patch": ("conv", lambda t, h: t["conv.indices"].__setitem__(-1, 4 * 9), "inconsistent"),
+    "conv padding": ("conv", lambda t, h: h["layers"]["conv"].__setitem__("pad", [9, 9, 9, 9]), "pad="),
+    "conv stride as text": ("conv", lambda t, h: h["layers"]["conv"].__setitem__("stride", "1"), "stride="),
+    "size as float": ("fc1", lambda t, h: h["layers"]["fc1"].__setitem__("in_features", 288.0), "in_features="),
+    "dynamic int8 negative scale": ("head", lambda t, h: h["layers"]["head"].__setitem__("scale", -0.1),
+                                    "not an int8 quantization"),
+    "dynamic int8 shape": ("head", lambda t, h: t.__setitem__("head.weight_int8", t["head.weight_int8"][:, :-1]
+                                                             .contiguous()), "weight_int8"),
+    "unknown build": ("fc1", lambda t, h: h["layers"]["fc1"].__setitem__("isa", "avx10"), "build 'avx10'"),
+}
+INT8_DAMAGE = {
+    "int8 group past the row": ("fc2", lambda t, h: t["fc2.groups"].__setitem__(-1, 16), "inconsistent"),
+    "int8 row sums": ("fc2", lambda t, h: t["fc2.row_sums"].__setitem__(0, t["fc2.row_sums"][0] + 1), "row_sums"),
+    "int8 scale length": ("fc2", lambda t, h: t.__setitem__("fc2.scale", t["fc2.scale"][:-1].clone()), "'scale'"),
+    "int8 scale not finite": ("fc2", lambda t, h: t["fc2.scale"].__setitem__(0, float("nan")), "non-finite"),
+}
+
+
 @needs_kernels
-@pytest.mark.parametrize("damage", ["index past the row", "indptr short", "values dtype", "chunks past the end"])
-def test_a_damaged_runtime_file_is_refused_before_a_kernel_reads_it(tmp_path, damage):
+@pytest.mark.parametrize("damage", sorted(DAMAGE) + sorted(INT8_DAMAGE))
+def test_a_damaged_runtime_file_is_refused_by_layer_and_array_before_a_kernel_reads_it(tmp_path, damage):
+    if damage in INT8_DAMAGE and not kernels.has_vnni():
+        pytest.skip("sparse int8 layers need AVX-512 VNNI")
+    if damage.startswith("conv") and not kernels.has_conv():
+        pytest.skip("sparse convolutions need the AVX-512 build")
+    path = tmp_path / "fast.safetensors"
+    save_runtime(_mixed_runtime(_pruned()), path)
+    tensors, header = _arrays(path)
+    layer, change, says = {**DAMAGE, **INT8_DAMAGE}[damage]
+    change(tensors, header)
+    save_file(tensors, path, metadata={"prunekit_runtime": json.dumps(header)})
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match=f"layer '{layer}'.*{says}") as e:
+        load_runtime(path, Net())
+    assert "re-save it with prunekit.deploy.save_runtime" in str(e.value) or "in model" in str(e.value)
+    assert open(path, "rb").read() == before
+
+
+@pytest.mark.parametrize("damage", ["header a list", "format as text", "no layers", "invalid JSON", "truncated"])
+def test_a_runtime_file_that_cannot_be_read_is_refused_naming_the_path(tmp_path, damage):
+    path = tmp_path / "fast.safetensors"
+    tensors = {"fc1.indptr": torch.zeros(3, dtype=torch.int64)}
+    record = {"header a list": "[1, 2]", "format as text": json.dumps({"format": "1", "layers": {"fc1": {}}}),
+              "no layers": json.dumps({"format": 1, "layers": {}}), "invalid JSON": "{format: 1",
+              "truncated": json.dumps({"format": 1, "layers": {"fc1": {}}})}[damage]
+    save_file(tensors, path, metadata={"prunekit_runtime": record})
+    if damage == "truncated":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) - 5])
+    with pytest.raises(ValueError, match=f"path='{path}'"):
+        load_runtime(path, Net())
+    with pytest.raises(FileNotFoundError):
+        load_runtime(tmp_path / "none.safetensors", Net())
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        load_runtime(path, "Net")
+
+
+@needs_kernels
+def test_load_runtime_wants_a_fresh_model_and_save_runtime_a_model_around_its_layers(tmp_path):
     fast, _ = to_sparse_runtime(_pruned())
     path = tmp_path / "fast.safetensors"
-    save_runtime(fast, path)
-    with safe_open(path, "pt") as f:
-        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    if damage == "index past the row":
-        tensors["fc1.indices"][-1] = 10_000
-    elif damage == "indptr short":
-        tensors["fc1.indptr"] = tensors["fc1.indptr"][:-1].clone()
-    elif damage == "values dtype":
-        tensors["fc1.values"] = tensors["fc1.values"].double()
-    else:
-        tensors["fc1.chunks"][-1] += 1
-    save_file(tensors, path, metadata=meta)
-    with pytest.raises(ValueError, match="layer 'fc1'.*(damaged|inconsistent)"):
-        load_runtime(path, Net())
+    with pytest.raises(ValueError, match="model is itself a SparseLinear.*Sequential"):
+        save_runtime(fast.fc1, path)
+    assert not os.path.exists(path)
+    save_runtime(torch.compile(fast), path)  # the compiled wrapper saves the model it wraps (nothing compiles yet)
+    with pytest.raises(ValueError, match="model already holds kernel layers.*freshly built"):
+        load_runtime(path, fast)
+    loaded = load_runtime(path, Net())
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fast(x))
 
 
 def test_save_runtime_refuses_a_model_without_runtime_layers_and_writes_nothing(tmp_path):
@@ -197,11 +277,14 @@ def test_save_runtime_refuses_a_model_without_runtime_layers_and_writes_nothing(
 
 @needs_kernels
 def test_kernel_layers_refuse_inputs_of_another_width():
-    fast, _ = to_sparse_runtime(_pruned())
-    with torch.no_grad(), pytest.raises(ValueError, match="SparseLinear takes inputs with 288 features.*got 287"):
+    fast = _mixed_runtime(_pruned())
+    if kernels.has_vnni():
+        with torch.no_grad(), pytest.raises(ValueError, match="SparseLinearInt8 takes inputs x with 64 features.*got 65"):
+            fast.fc2(torch.randn(2, 65))
+    with torch.no_grad(), pytest.raises(ValueError, match="SparseLinear takes inputs x with 288 features.*got 287"):
         fast.fc1(torch.randn(2, 287))
     if kernels.has_conv():
-        with torch.no_grad(), pytest.raises(ValueError, match="SparseConv2d takes inputs with 4 channels.*got 3"):
+        with torch.no_grad(), pytest.raises(ValueError, match="SparseConv2d takes inputs x with 4 channels.*got 3"):
             fast.conv(torch.randn(1, 3, 6, 6))
 
 

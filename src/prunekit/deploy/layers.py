@@ -8,12 +8,13 @@ with ``prunekit.deploy.kernels.load()``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit.deploy.kernels import load
+from prunekit.deploy.kernels import cpu_has_avx512, load
 
 __all__ = ["SparseLinear", "SparseLinearInt8", "SparseConv2d", "dense_equivalent"]
 
@@ -46,13 +47,17 @@ class _KernelLayer(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_k"] = self._k.isa()
-        del state["_ops"]
+        state.pop("_ops", None)
         return state
 
     def __setstate__(self, state):
         isa = state["_k"]
         super().__setstate__(state)
-        self._k = load(isa)
+        if isa == "avx512" and type(self) is SparseLinear and not cpu_has_avx512():
+            warnings.warn("SparseLinear was made with the AVX-512 kernels, which this CPU cannot run; it uses the "
+                          "portable build (same weights and results)", stacklevel=2)
+            isa = "portable"
+        self._k = load(isa)  # RuntimeError for int8 and conv layers from an AVX-512 CPU: they have no portable loop
         if self._k is None:
             raise RuntimeError(f"{type(self).__name__} needs prunekit's '{isa}' kernels, which cannot be built here")
         self._ops = self._k.ops
@@ -70,7 +75,7 @@ def _inference_only(name: str, x: torch.Tensor) -> None:
 def _features(name: str, got: int, want: int, what: str = "features") -> None:
     """The kernels index the input by the weight's columns, so a narrower input must never reach them."""
     if got != want:
-        raise ValueError(f"{name} takes inputs with {want} {what} (as the layer it replaced), got {got}")
+        raise ValueError(f"{name} takes inputs x with {want} {what} (as the layer it replaced), got {got}")
 
 
 def _dense_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, cols: int) -> torch.Tensor:
@@ -182,6 +187,15 @@ class SparseLinearInt8(_KernelLayer):
                 f"groups_of_4={int(self.groups.numel())}, int8 (VNNI)")
 
 
+def explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``conv``'s padding as (left, right, top, bottom), "valid" and "same" included."""
+    if isinstance(conv.padding, str):  # "valid" or "same" (stride 1)
+        total = [0, 0] if conv.padding == "valid" else [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
 class SparseConv2d(_KernelLayer):
     """A Conv2d stored as CSR over ``(out, in * kh * kw)`` and run by prunekit's kernels (inference only).
 
@@ -205,12 +219,7 @@ class SparseConv2d(_KernelLayer):
                              f"padding_mode={conv.padding_mode!r}")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.dilation = tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation)
-        if isinstance(conv.padding, str):  # "valid" or "same" (stride 1): explicit per-side padding
-            total = [0, 0] if conv.padding == "valid" else [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            self.pad = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
-        else:
-            ph, pw = conv.padding
-            self.pad = (pw, pw, ph, ph)
+        self.pad = explicit_padding(conv)
         _csr(w.reshape(w.shape[0], -1), self, chunks_per_thread)
 
     @property

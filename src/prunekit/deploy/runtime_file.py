@@ -16,14 +16,14 @@ import os
 import warnings
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
 from prunekit._io import check_input_file, check_output_path, write_bytes
 from prunekit.deploy.kernels import _isa
 from prunekit.deploy.kernels import load as load_kernels
-from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8
+from prunekit.deploy.layers import SparseConv2d, SparseLinear, SparseLinearInt8, explicit_padding
 
 __all__ = ["save_runtime", "load_runtime", "RUNTIME_FORMAT"]
 
@@ -32,6 +32,13 @@ _KEY = "prunekit_runtime"
 _KERNEL_LAYERS = {"SparseLinear": SparseLinear, "SparseLinearInt8": SparseLinearInt8, "SparseConv2d": SparseConv2d}
 _ATTRS = {"SparseLinear": ("in_features", "out_features"), "SparseLinearInt8": ("in_features", "out_features"),
           "SparseConv2d": ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "pad")}
+# the arrays each kind of layer keeps in the file (bias where the layer has one), and no others
+_ARRAYS = {"SparseLinear": {"indptr", "indices", "values", "chunks"},
+           "SparseConv2d": {"indptr", "indices", "values", "chunks"},
+           "SparseLinearInt8": {"indptr", "groups", "packed", "row_sums", "scale", "chunks"},
+           "DynamicInt8Linear": {"weight_int8"}}
+_KERNEL_TYPES = (SparseLinear, SparseLinearInt8, SparseConv2d)
+_DAMAGED = "(damaged file: re-save it with prunekit.deploy.save_runtime)"
 
 
 def _dynamic_int8_type():
@@ -53,12 +60,16 @@ def save_runtime(model: nn.Module, path: str | os.PathLike) -> dict:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: save the model it compiles
     path = check_output_path(path)
     dynamic = _dynamic_int8_type()
+    if isinstance(model, _KERNEL_TYPES) or (dynamic is not None and type(model) is dynamic):
+        raise ValueError(f"model is itself a {type(model).__name__}: save_runtime keeps layers inside a model; "
+                         "wrap it (e.g. torch.nn.Sequential(layer)) and load it into the same wrapper")
     layers, tensors, inside = {}, {}, []
     for name, m in model.named_modules():
         kind = type(m).__name__
-        if isinstance(m, (SparseLinear, SparseLinearInt8, SparseConv2d)):
+        if isinstance(m, _KERNEL_TYPES):
             layers[name] = {"kind": kind, "isa": m._k.isa(), **{a: getattr(m, a) for a in _ATTRS[kind]}}
             tensors.update({f"{name}.{k}": v for k, v in m._buffers.items() if v is not None})
             inside.append(name)
@@ -86,17 +97,28 @@ def save_runtime(model: nn.Module, path: str | os.PathLike) -> dict:
     return layers
 
 
-def _header(path: str) -> dict:
-    with safe_open(path, "pt") as f:
-        metadata = f.metadata() or {}
-    if _KEY not in metadata:
-        raise ValueError(f"path={path!r} is not a runtime file (no {_KEY!r} metadata): files from prunekit.save "
-                         "load with prunekit.load; runtime files come from prunekit.deploy.save_runtime")
-    header = json.loads(metadata[_KEY])
-    if header.get("format", 0) > RUNTIME_FORMAT:
-        raise ValueError(f"path={path!r} has runtime format {header.get('format')}; this prunekit reads format "
+def _read(path: str) -> tuple[dict, dict]:
+    """The runtime record and the arrays of the file at ``path``; ValueError naming it when it is not one."""
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+            if _KEY not in metadata:
+                raise ValueError(f"path={path!r} is not a runtime file (no {_KEY!r} metadata): files from "
+                                 "prunekit.save load with prunekit.load; runtime files come from "
+                                 "prunekit.deploy.save_runtime")
+            header = json.loads(metadata[_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, json.JSONDecodeError, OSError, RuntimeError) as e:
+        raise ValueError(f"path={path!r} cannot be read as a runtime file ({type(e).__name__}: {e}) {_DAMAGED}") \
+            from None
+    if not isinstance(header, dict) or type(header.get("format")) is not int:
+        raise ValueError(f"path={path!r}: its runtime record is not an object with an integer format {_DAMAGED}")
+    if header["format"] > RUNTIME_FORMAT:
+        raise ValueError(f"path={path!r} has runtime format {header['format']}; this prunekit reads format "
                          f"{RUNTIME_FORMAT} (upgrade prunekit to load it)")
-    return header
+    if not isinstance(header.get("layers"), dict) or not header["layers"]:
+        raise ValueError(f"path={path!r}: the runtime record has no layer table {_DAMAGED}")
+    return header, tensors
 
 
 def load_runtime(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -110,27 +132,35 @@ def load_runtime(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     AVX-512 build run dense, and without any kernels every sparse layer runs dense.
 
     Raises:
-        ValueError: the file is not a runtime file, has a newer format, or does not fit ``model``
-            (the message names the layer or weight and the difference).
+        TypeError: ``model`` is not an ``nn.Module``.
+        FileNotFoundError: there is no file at ``path``.
+        ValueError: the file is not a runtime file, is damaged, has a newer format, or does not fit
+            ``model`` (the message names the layer or array and the difference); ``model`` already
+            holds kernel layers (pass a freshly built model).
 
     Example:
         >>> fast = prunekit.deploy.load_runtime("fast.safetensors", build_model())
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module of the saved architecture, got {type(model).__name__}")
+    model = getattr(model, "_orig_mod", model)
+    used = [n for n, m in model.named_modules() if isinstance(m, _KERNEL_TYPES)]
+    if used:
+        raise ValueError(f"model already holds kernel layers ({used[:3]}): pass a freshly built model of the saved "
+                         "architecture (its float weights are replaced by the file's)")
     path = check_input_file(path)
-    header = _header(path)
-    with safe_open(path, "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    layers = header.get("layers")
-    if not isinstance(layers, dict):
-        raise ValueError(f"path={path!r}: the runtime record has no layer table (damaged file)")
+    header, tensors = _read(path)
+    layers = header["layers"]
     for name, entry in layers.items():
         try:
+            if not isinstance(entry, dict) or not isinstance(name, str) or not name:
+                raise TypeError("not a named layer record")
             _check_fits(model, name, entry)
-            _check_arrays(name, entry, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+            _check_arrays(name, entry, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")},
+                          model.get_submodule(name).bias is not None)
         except (KeyError, TypeError, IndexError, AttributeError) as e:
-            raise ValueError(f"layer {name!r}: the file's record of it is damaged ({type(e).__name__}: {e})") from None
+            raise ValueError(f"layer {name!r}: the file's record of it is damaged ({type(e).__name__}: {e}) "
+                             f"{_DAMAGED}") from None
     rest = {k: v for k, v in tensors.items() if not any(k.startswith(f"{n}.") for n in layers)}
     expected = {k for k in model.state_dict() if not any(k.startswith(f"{n}.") for n in layers)}
     missing, unexpected = sorted(expected - rest.keys()), sorted(rest.keys() - expected)
@@ -173,49 +203,59 @@ def _check_fits(model: nn.Module, name: str, entry: dict) -> None:
         raise ValueError(f"layer {name!r} is {type(target).__name__} in model but a {want.__name__} in the file: "
                          "the file was saved from another model")
     for dim in dims:
-        if getattr(target, dim) != entry[dim]:
-            raise ValueError(f"layer {name!r}: {dim}={entry[dim]} in the file, {getattr(target, dim)} in model")
+        if type(entry[dim]) is not int or getattr(target, dim) != entry[dim]:
+            raise ValueError(f"layer {name!r}: {dim}={entry[dim]!r} in the file, {getattr(target, dim)} in model")
     if conv:
-        for attr in ("kernel_size", "stride", "dilation"):
-            if list(getattr(target, attr)) != list(entry[attr]):
-                raise ValueError(f"layer {name!r}: {attr}={entry[attr]} in the file, {getattr(target, attr)} in model")
-        pad, (kh, kw) = entry["pad"], target.kernel_size
-        if len(pad) != 4 or not all(isinstance(p, int) and 0 <= p <= max(kh, kw) * max(target.dilation) for p in pad):
-            raise ValueError(f"layer {name!r}: padding {pad} in the file does not fit a {kh}x{kw} kernel (damaged file)")
+        if target.groups != 1 or target.padding_mode != "zeros":
+            raise ValueError(f"layer {name!r} of model has groups={target.groups}, padding_mode="
+                             f"{target.padding_mode!r}; the file's sparse convolution needs groups=1, zeros padding")
+        theirs = {"kernel_size": target.kernel_size, "stride": target.stride, "dilation": target.dilation,
+                  "pad": explicit_padding(target)}
+        for attr, value in theirs.items():
+            saved = entry[attr]
+            if not isinstance(saved, list) or not all(type(v) is int for v in saved) or tuple(saved) != tuple(value):
+                raise ValueError(f"layer {name!r}: {attr}={saved!r} in the file, {tuple(value)} in model")
 
 
-def _check_arrays(name: str, entry: dict, t: dict) -> None:
-    """Every packed array of layer ``name`` has the dtype, length and index range the kernels rely on."""
+def _check_arrays(name: str, entry: dict, t: dict, bias: bool) -> None:
+    """Every packed array of layer ``name`` has the dtype, length and index range the kernels rely on;
+    ``bias``: whether the model's layer has one (then the file must too, and not otherwise)."""
     kind, out = entry["kind"], entry.get("out_features", entry.get("out_channels"))
+    names = _ARRAYS[kind] | ({"bias"} if bias else set())
+    if set(t) != names:
+        raise ValueError(f"layer {name!r}: arrays {sorted(t)} in the file, a {kind} with"
+                         f"{'' if bias else 'out'} bias keeps {sorted(names)} {_DAMAGED}")
 
     def need(key, dtype, numel=None):
-        if key not in t or t[key].dtype != dtype or t[key].dim() != 1 or (numel is not None and t[key].numel() != numel):
-            raise ValueError(f"layer {name!r}: {key!r} is missing or damaged in the file (need a 1-d {dtype}"
-                             f"{'' if numel is None else f' of {numel} values'})")
+        if t[key].dtype != dtype or t[key].dim() != 1 or (numel is not None and t[key].numel() != numel):
+            raise ValueError(f"layer {name!r}: array {key!r} in the file is {t[key].dtype} of shape "
+                             f"{tuple(t[key].shape)}, need a 1-d {dtype}{'' if numel is None else f' of {numel} values'}"
+                             f" {_DAMAGED}")
         return t[key]
 
     if kind == "DynamicInt8Linear":
-        w, scale, zero = t.get("weight_int8"), entry["scale"], entry["zero_point"]
-        if w is None or w.dtype != torch.int8 or tuple(w.shape) != (out, entry["in_features"]):
-            raise ValueError(f"layer {name!r}: 'weight_int8' is missing or damaged in the file")
-        if "bias" in t:
+        w, scale, zero = t["weight_int8"], entry["scale"], entry["zero_point"]
+        if w.dtype != torch.int8 or tuple(w.shape) != (out, entry["in_features"]):
+            raise ValueError(f"layer {name!r}: array 'weight_int8' in the file is {w.dtype} of shape {tuple(w.shape)}, "
+                             f"need int8 of shape {(out, entry['in_features'])} {_DAMAGED}")
+        if bias:
             need("bias", torch.float32, out)
         if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0 and type(zero) is int
                 and -128 <= zero <= 127):
             raise ValueError(f"layer {name!r}: scale {scale!r} / zero point {zero!r} in the file are not an int8 "
-                             "quantization (damaged file)")
+                             f"quantization {_DAMAGED}")
         return
     if entry["isa"] not in ("avx512", "portable"):
         raise ValueError(f"layer {name!r}: build {entry['isa']!r} in the file; this prunekit has 'avx512' and "
-                         "'portable'")
+                         "'portable' (upgrade prunekit, or re-save it with prunekit.deploy.save_runtime here)")
     indptr = need("indptr", torch.int64, out + 1)
-    if "bias" in t:
+    if bias:
         need("bias", torch.float32, out)
     if kind == "SparseLinearInt8":
         cols, index = (entry["in_features"] + 3) // 4, need("groups", torch.int32)
-        need("packed", torch.int32, index.numel())
-        need("row_sums", torch.int32, out)
-        need("scale", torch.float32, out)
+        packed, row_sums = need("packed", torch.int32, index.numel()), need("row_sums", torch.int32, out)
+        if not bool(torch.isfinite(need("scale", torch.float32, out)).all()):
+            raise ValueError(f"layer {name!r}: array 'scale' in the file holds non-finite values {_DAMAGED}")
     else:
         kh, kw = entry.get("kernel_size", (1, 1))
         cols, index = entry.get("in_features", entry.get("in_channels", 0) * kh * kw), need("indices", torch.int32)
@@ -225,7 +265,14 @@ def _check_arrays(name: str, entry: dict, t: dict) -> None:
           and (index.numel() == 0 or (int(index.min()) >= 0 and int(index.max()) < cols))
           and chunks.numel() >= 2 and int(chunks[0]) == 0 and int(chunks[-1]) == out and bool((chunks.diff() > 0).all()))
     if not ok:
-        raise ValueError(f"layer {name!r}: the packed rows in the file are inconsistent (damaged file)")
+        raise ValueError(f"layer {name!r}: the packed rows in the file are inconsistent (indptr must rise from 0 to "
+                         f"the number of stored entries, every index lie below {cols}, chunks rise from 0 to {out}) "
+                         f"{_DAMAGED}")
+    if kind == "SparseLinearInt8":  # the kernel corrects its unsigned activations with these sums
+        rows = torch.repeat_interleave(torch.arange(out), indptr.diff())
+        sums = torch.zeros(out, dtype=torch.int64).index_add_(0, rows, packed.view(torch.int8).reshape(-1, 4).sum(1))
+        if not torch.equal(sums.to(torch.int32), row_sums):
+            raise ValueError(f"layer {name!r}: array 'row_sums' in the file does not match its int8 weights {_DAMAGED}")
 
 
 def _restore(name: str, entry: dict, t: dict, notes: list) -> nn.Module:

@@ -1,16 +1,18 @@
 """Native CPU kernels: built when prunekit installs (setup.py), else on first use with
 ``torch.utils.cpp_extension`` (cached afterwards).
 
-A prebuilt library is used only when the key written beside it at install time (a hash of the
-sources, flags, torch and Python) equals the key :func:`load` computes here and now; otherwise, for
-example after the sources were edited in a checkout, torch was upgraded, or the environment was
-copied to a CPU without AVX2, the kernels are built on first use as before. If that build fails (no C++ compiler, headers missing), :func:`load` returns None and warns once;
-callers then keep dense layers.
+The libraries built at install time are named by their build key (a hash of the sources, flags,
+torch and Python): :func:`load` imports one only when its name carries the key computed here and
+now, so after the sources were edited in a checkout, torch was upgraded, or the environment was
+copied to a CPU without AVX2, the kernels are built on first use as before. If that build fails (no
+C++ compiler, headers missing), :func:`load` returns None and warns once; callers then keep dense
+layers.
 
-The forwards are also registered as PyTorch operators, ``torch.ops.prunekit_<isa>.linear`` /
-``.linear_int8`` / ``.conv2d`` (C++ ``TORCH_LIBRARY`` plus shape-only implementations here), so
-``torch.compile`` and ``torch.export`` trace through the kernel layers; a process that loads an
-exported program calls :func:`load` first, which registers them.
+The forwards are also PyTorch operators, ``torch.ops.prunekit_<isa>.linear`` / ``.linear_int8`` /
+``.conv2d`` (C++ ``TORCH_LIBRARY`` plus shape-only implementations here), so ``torch.compile`` and
+``torch.export`` trace through the kernel layers. An exported program names the build it was
+exported with: a process that loads it calls ``load(isa)`` for that build first, which registers
+the operators (an ``avx512`` program needs a CPU with AVX-512).
 
 The build targets this CPU: the AVX-512 loop where PyTorch reports AVX512, else the portable one
 (AVX2/FMA flags where available). ``PRUNEKIT_KERNELS=portable`` forces the portable build, e.g. to
@@ -23,22 +25,26 @@ import hashlib
 import os
 import warnings
 
-__all__ = ["load"]
+__all__ = ["load", "cpu_has_avx512"]
 
 _STATE: dict = {}
 
 
-def _isa() -> str:
-    """``"avx512"`` or ``"portable"``: which loop to build for this CPU (see the module docstring)."""
+def cpu_has_avx512() -> bool:
+    """Whether PyTorch reports AVX-512 for this CPU (the AVX-512 build needs it)."""
     import torch
 
+    return getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() == "AVX512"
+
+
+def _isa() -> str:
+    """``"avx512"`` or ``"portable"``: which loop to build for this CPU (see the module docstring)."""
     forced = os.environ.get("PRUNEKIT_KERNELS", "")
     if forced not in ("", "portable"):
         raise ValueError(f"PRUNEKIT_KERNELS={forced!r}: use 'portable' or leave it unset (the CPU decides)")
     if forced:
         return forced
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return "avx512" if capability == "AVX512" else "portable"
+    return "avx512" if cpu_has_avx512() else "portable"
 
 
 def _flags(isa: str) -> list[str]:
@@ -58,31 +64,35 @@ def _flags(isa: str) -> list[str]:
     return flags
 
 
-def build_flags(isa: str) -> list[str]:
+def _build_flags(isa: str) -> list[str]:
     """Every compiler flag of a build of ``isa``: the instruction sets and the operators' namespace."""
     return _flags(isa) + [f"-DPRUNEKIT_OPS={_namespace(isa)}"]
 
 
-def prebuilt_name(isa: str) -> str:
-    """The module name of the library setup.py builds for ``isa`` (beside this file)."""
-    return f"_prebuilt_{isa}"
+def _prebuilt_name(isa: str, key: str) -> str:
+    """The module name of the library setup.py builds for ``isa`` with build key ``key`` (beside this file)."""
+    return f"_prebuilt_{isa}_{key}"
 
 
 def _prebuilt(isa: str, key: str):
-    """The library built at install time for ``isa``, or None when there is none or its key is not ``key``."""
+    """The library built at install time for ``isa`` with this build ``key``, or None (none, or another key)."""
     import importlib
+    import importlib.util
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        with open(os.path.join(here, prebuilt_name(isa) + ".key")) as f:
-            if f.read().strip() != key:
-                return None
-    except OSError:
+    name = f"{__name__}.{_prebuilt_name(isa, key)}"
+    if importlib.util.find_spec(name) is None:
         return None
+    return importlib.import_module(name)
+
+
+def _registered(namespace: str) -> bool:
+    """Whether some library in this process already registered the operators of ``namespace``."""
+    import torch
+
     try:
-        return importlib.import_module(f"{__name__}.{prebuilt_name(isa)}")
-    except ImportError:
-        return None
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::linear", "CPU"))
+    except RuntimeError:  # no such operator
+        return False
 
 
 def _build_key(here: str, flags: list[str]) -> str:
@@ -136,31 +146,50 @@ def _register_fakes(namespace: str) -> None:
     def conv2d(indptr, indices, values, x, bias, params):  # params[8:10]: the output's height and width
         return x.new_empty((x.shape[0], indptr.shape[0] - 1, params[8], params[9]), dtype=torch.float32)
 
+    register = getattr(torch.library, "register_fake", None) or torch.library.impl_abstract  # torch < 2.4
     for name, fake in (("linear", linear), ("linear_int8", linear_int8), ("conv2d", conv2d)):
-        torch.library.register_fake(f"{namespace}::{name}", fake)
+        register(f"{namespace}::{name}", fake)
 
 
 def load(isa: str | None = None):
     """The kernel library for ``isa``: the one built at install time where its key matches, else the
-    first-use build ``prunekit_sparse_<isa>_<hash>``; None when neither can be had here.
+    first-use build ``prunekit_sparse_<isa>_<hash>``; None (with one warning) when neither can be had.
+
+    Loading registers the operators ``torch.ops.prunekit_<isa>.*`` (also on the returned module, as
+    ``.ops``); call it before ``torch.export.load`` or ``torch._inductor.aoti_load_package`` of a
+    program that uses them. Loaded once per process and build; later calls return the same module.
 
     Args:
         isa: ``"avx512"`` or ``"portable"``; None picks the CPU's (see the module docstring). Layers
             record which build they use, so that copies of them find it again.
+
+    Raises:
+        RuntimeError: ``isa="avx512"`` on a CPU without AVX-512.
+
+    Example:
+        >>> from prunekit.deploy.kernels import load
+        >>> kernels = load()                   # before loading an exported runtime model
+        >>> kernels.isa(), kernels.ops.name    # ('avx512', 'prunekit_avx512') on an AVX-512 CPU
     """
     if isa not in (None, "avx512", "portable"):
         raise ValueError(f"isa={isa!r}: use 'avx512', 'portable' or None (the CPU decides)")
     isa = isa or _isa()
     if isa in _STATE:
         return _STATE[isa]
+    if isa == "avx512" and not cpu_has_avx512():
+        raise RuntimeError("isa='avx512': this CPU has no AVX-512, so that build would stop the process with an "
+                           "illegal instruction; use load() or load('portable')")
     module = None
     try:
         import torch
 
         here = os.path.dirname(os.path.abspath(__file__))
         sources = [os.path.join(here, f) for f in ("sparse_linear.cpp", "sparse_int8.cpp")]
-        flags = build_flags(isa)
+        flags = _build_flags(isa)
         key = _build_key(here, flags)
+        if _registered(_namespace(isa)):  # a second library for one namespace aborts the whole process
+            raise RuntimeError(f"torch.ops.{_namespace(isa)} is already registered in this process by a library "
+                               "prunekit did not load (torch.ops.load_library?); load that one or restart")
         module = _prebuilt(isa, key)
         if module is None:
             from torch.utils.cpp_extension import load as build
@@ -172,7 +201,7 @@ def load(isa: str | None = None):
         _register_fakes(_namespace(isa))
         module.ops = getattr(torch.ops, _namespace(isa))
     except Exception as e:  # compiler missing, headers missing, ...
-        warnings.warn(f"prunekit's sparse CPU kernels could not be built ({type(e).__name__}: {e}); "
+        warnings.warn(f"prunekit's sparse CPU kernels could not be loaded or built ({type(e).__name__}: {e}); "
                       "sparse layers will run dense", stacklevel=2)
         module = None
     _STATE[isa] = module

@@ -74,6 +74,25 @@ def test_every_tile_of_this_build_matches_dense(out_f, in_f, tokens, sparsity, s
     assert_every_tile_matches_dense(kernels, out_f, in_f, tokens, sparsity, seed)
 
 
+@needs_kernels
+@pytest.mark.parametrize("tokens", [64, 70, 300])  # token tiles of 32 (16): 2 (4) even, 3 (5) uneven, 10 (19) many
+def test_threads_split_tiles_or_rows_and_every_token_matches_dense(tokens):
+    # large enough for the thread pool; with 2 threads the kernels split token tiles when they go
+    # round evenly or are many (64, 300 tokens), else rows (70): each split must cover every output
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert_every_tile_matches_dense(kernels, 300, 200, tokens, 0.9, tokens)
+        if kernels.has_vnni():
+            lin = _sparse_linear(300, 200, 0.9, seed=tokens)
+            x = torch.randn(tokens, 200, generator=torch.Generator().manual_seed(tokens))
+            with torch.no_grad():
+                out, ref = SparseLinearInt8(lin, kernels)(x), _int8_reference(lin, x)
+            assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @needs_kernels
 def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch):

@@ -51,4 +51,28 @@ void prepare_then_chunks(int64_t ntasks, const P& prepare, int64_t nchunks, cons
   for (int64_t c = 0; c < nchunks; ++c) f(c, c + 1);
 }
 
+// Runs a token-tiled kernel: prepare(t) makes token tile t's activations, work(c0, c1, t0, t1)
+// runs the rows of chunks c0..c1 over tiles t0..t1. When the tiles split evenly over the threads
+// (every thread the same number, or enough that one more is small), each thread prepares its own
+// tiles and runs every row over them: its activations stay in its core's cache, its stores are
+// whole rows of the output (no cache line shared with another thread), and tiles are equal work.
+// Measured on MiniLM's shapes at 90% (128 tokens, 2 threads): 1.5-2.4x faster than splitting rows,
+// which shared the output's cache lines at chunk edges and read every tile from the other core.
+// Otherwise (fewer tiles than threads, uneven splits) rows are split in chunks as before.
+template <class P, class F>
+void tiles_or_chunks(int64_t ntiles, const P& prepare, int64_t nchunks, const F& work, bool serial) {
+  const int64_t threads = at::get_num_threads();
+  if (serial || threads <= 1) {
+    for (int64_t t = 0; t < ntiles; ++t) prepare(t);
+    work(0, nchunks, 0, ntiles);
+  } else if (ntiles % threads == 0 || ntiles >= 4 * threads) {
+    at::parallel_for(0, ntiles, 1, [&](int64_t a, int64_t z) {
+      for (int64_t t = a; t < z; ++t) prepare(t);
+      work(0, nchunks, a, z);
+    });
+  } else {
+    prepare_then_chunks(ntiles, prepare, nchunks, [&](int64_t c0, int64_t c1) { work(c0, c1, 0, ntiles); });
+  }
+}
+
 }  // namespace prunekit

@@ -55,12 +55,11 @@ void quantize_rows(const float* x, int64_t t0, int64_t t1, int64_t in_features, 
 __attribute__((target("avx512bw,avx512vnni"))) void tile_rows_vnni(
     int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* gidx, const int32_t* w4, const int32_t* wsum,
     const float* wscale, const float* bias, const uint8_t* xq, const float* xscale, float* y, int64_t groups,
-    int64_t out_features, int64_t tokens) {
+    int64_t out_features, int64_t tokens, int64_t tile0, int64_t tile1) {
   constexpr int NV = TILE / 16, NACC = 4;
-  const int64_t ntiles = (tokens + TILE - 1) / TILE;
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
   std::vector<float> scale_pad(TILE);
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * TILE;
     const int64_t valid = std::min<int64_t>(TILE, tokens - t0);
     for (int t = 0; t < TILE; ++t) scale_pad[t] = t < valid ? xscale[t0 + t] : 0.0f;
@@ -155,17 +154,12 @@ torch::Tensor spmm_int8(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
       }
     }
   };
-  const auto work = [&](int64_t c0, int64_t c1) {
+  const auto work = [&](int64_t c0, int64_t c1, int64_t a, int64_t z) {
     tile_rows_vnni(ch[c0], ch[c1], indptr.data_ptr<int64_t>(), gidx.data_ptr<int32_t>(), w4.data_ptr<int32_t>(),
-                   wsum.data_ptr<int32_t>(), wscale.data_ptr<float>(), b, xqp, sp, yp, groups, out_features, tokens);
+                   wsum.data_ptr<int32_t>(), wscale.data_ptr<float>(), b, xqp, sp, yp, groups, out_features, tokens, a, z);
   };
-  const int64_t nchunks = chunks.size(0) - 1;
-  if (gidx.numel() * 4 * tokens < (1 << 19)) {  // small: waking the thread pool costs more than it saves
-    for (int64_t tl = 0; tl < ntiles; ++tl) prepare(tl);
-    work(0, nchunks);
-  } else {
-    prunekit::prepare_then_chunks(ntiles, prepare, nchunks, work);
-  }
+  // small calls run serially: waking the thread pool costs more than it saves
+  prunekit::tiles_or_chunks(ntiles, prepare, chunks.size(0) - 1, work, gidx.numel() * 4 * tokens < (1 << 19));
 #endif
   return y;
 }

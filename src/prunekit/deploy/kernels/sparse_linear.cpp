@@ -3,8 +3,9 @@
 // y = x W^T + b with W in CSR (rows = output features). Activations are used transposed in token
 // tiles, xt: (ntiles, in, TILE), so that for each nonzero w[o, i] the kernel adds w * xt[tile, i, :]
 // into TILE accumulators held in vector registers: contiguous loads and FMAs instead of scattered
-// gathers. Rows are split over threads in chunks of equal nonzero counts (global pruning leaves rows
-// and layers very uneven), with ATen's own thread pool, so the kernel never fights PyTorch's threads.
+// gathers. Threads (ATen's own pool, so the kernel never fights PyTorch's threads) split the token
+// tiles when there are enough to go round evenly (parallel.h: tiles_or_chunks), else the rows in
+// chunks of equal nonzero counts (global pruning leaves rows and layers very uneven).
 //
 // Two builds of the same loop, chosen at compile time (the extension is compiled on the machine that
 // runs it, with flags for its CPU):
@@ -41,16 +42,15 @@ namespace {
 template <int TILE>
 void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
                const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
-               int64_t tokens, int64_t stride) {
+               int64_t tokens, int64_t stride, int64_t tile0, int64_t tile1) {
   // stride == TILE, passed at run time on purpose: with the compile-time constant GCC 12 generated
   // code 8x slower for the inner loop (5 vs 43 GFLOP/s per core, measured on Zen 3).
-  const int64_t ntiles = (tokens + TILE - 1) / TILE;
   // stage: results for these rows, written out token by token so the stores into y run along
   // contiguous output features; storing each row's TILE results straight into y hits TILE lines one
   // row-stride apart, which map to very few L1 sets when the stride is a multiple of 2 KiB
   // (out_features 1536: 4x slower, measured).
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * TILE;
     const int64_t valid = tokens - t0 < TILE ? tokens - t0 : TILE;
     const float* xtile = xt + tile * in_features * TILE;
@@ -205,11 +205,10 @@ inline void row_times_tile(int64_t k0, int64_t k1, const int32_t* idx, const flo
 template <int NV>
 void tile_rows_512(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx, const float* val,
                    const float* xt, const float* bias, float* y, int64_t in_features, int64_t out_features,
-                   int64_t tokens) {
+                   int64_t tokens, int64_t tile0, int64_t tile1) {
   constexpr int TILE = 16 * NV;
-  const int64_t ntiles = (tokens + TILE - 1) / TILE;
   std::vector<float> stage(static_cast<size_t>(o1 - o0) * TILE);
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * TILE;
     const int64_t valid = std::min<int64_t>(TILE, tokens - t0);
     const float* xtile = xt + tile * in_features * TILE;
@@ -259,35 +258,33 @@ torch::Tensor spmm_tiles(torch::Tensor chunks, torch::Tensor indptr, torch::Tens
   const int64_t ntiles = (tokens + tile - 1) / tile;
   auto xt_tensor = torch::empty({ntiles, in_features, tile}, x.options());
   float* xt = xt_tensor.data_ptr<float>();
-  std::function<void(int64_t, int64_t)> transpose, work;
+  // work(c0, c1, tile0, tile1): rows of chunks c0..c1 times token tiles tile0..tile1.
+  std::function<void(int64_t, int64_t)> transpose;
+  std::function<void(int64_t, int64_t, int64_t, int64_t)> work;
 #ifdef PRUNEKIT_AVX512
   if (tile == 16 || tile == 32) {
     transpose = [&](int64_t a, int64_t z) {
       if (tile == 16) transpose_tiles_512<1>(xp, xt, tokens, in_features, a, z);
       else transpose_tiles_512<2>(xp, xt, tokens, in_features, a, z);
     };
-    work = [&](int64_t c0, int64_t c1) {
-      if (tile == 16) tile_rows_512<1>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens);
-      else tile_rows_512<2>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens);
+    work = [&](int64_t c0, int64_t c1, int64_t a, int64_t z) {
+      if (tile == 16) tile_rows_512<1>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, a, z);
+      else tile_rows_512<2>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, a, z);
     };
   }
 #endif
   if (!transpose) {
     transpose = [&](int64_t a, int64_t z) { transpose_tiles(xp, xt, tokens, in_features, tile, a, z); };
-    work = [&](int64_t c0, int64_t c1) {
+    work = [&](int64_t c0, int64_t c1, int64_t a, int64_t z) {
       if (tile == 8) {
-        tile_rows<8>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile);
+        tile_rows<8>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile, a, z);
       } else {
-        tile_rows<16>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile);
+        tile_rows<16>(ch[c0], ch[c1], ip, ix, v, xt, b, yp, in_features, out_features, tokens, tile, a, z);
       }
     };
   }
-  if (values.numel() * tokens < kSerialWork) {
-    transpose(0, ntiles);
-    work(0, nchunks);
-  } else {
-    prunekit::prepare_then_chunks(ntiles, [&](int64_t t) { transpose(t, t + 1); }, nchunks, work);
-  }
+  prunekit::tiles_or_chunks(ntiles, [&](int64_t t) { transpose(t, t + 1); }, nchunks, work,
+                            values.numel() * tokens < kSerialWork);
   return y;
 }
 

@@ -34,6 +34,31 @@ def test_export_keeps_zeros_and_outputs(tmp_path, quantize):
         assert info.file_bytes < 0.3 * (4 * info.weights)
 
 
+def test_static_int8_quantizes_the_weight_layers_and_leaves_embeddings_float(tmp_path):
+    import onnx
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 4)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids))
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    ids = torch.randint(0, 50, (1, 6))
+    info = export_onnx(model, ids, tmp_path / "t.onnx", quantize="int8-static", data=[ids])
+    graph = onnx.load(info.path).graph
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    gathers = [n for n in graph.node if n.op_type == "Gather"]
+    weight_ops = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert gathers and weight_ops
+    assert all(made_by.get(n.input[0]) != "DequantizeLinear" for n in gathers)  # the table stays float
+    assert all(made_by.get(i) == "DequantizeLinear" for n in weight_ops for i in n.input[:2])
+    assert pk.compare({"torch": model, "onnx": info.path}, ids, repeats=2)["onnx"].rel_err < 0.05
+
+
 def test_export_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="quantize='int4'"):
         export_onnx(_lenet(), torch.randn(1, 784), tmp_path / "m.onnx", quantize="int4")

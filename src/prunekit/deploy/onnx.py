@@ -127,7 +127,8 @@ def export_onnx(
             tensors, or a dict of keyword tensors (their keys become the graph's input names).
         path: output ``.onnx`` file; written only when the export succeeds.
         quantize: None (the model's own dtype), ``"int8"`` (dynamic: int8 weights, activations
-            quantized at run time) or ``"int8-static"`` (activations calibrated on ``data``).
+            quantized at run time) or ``"int8-static"`` (QDQ: the MatMul, Gemm and Conv layers with
+            int8 weights and activations calibrated on ``data``; embeddings and the rest stay float).
             ONNX Runtime quantizes float32 graphs, so a float16/bfloat16/float64 model is exported
             as a float32 copy first (with a warning).
         data: calibration inputs, each like ``example_inputs``, for ``"int8-static"``
@@ -238,5 +239,9 @@ def _quantize_static(src: str, dst: str, names: list[str], data: Iterable[Any]) 
             values = kwargs.values() if kwargs else args
             return {n: t.numpy() for n, t in zip(names, values)}
 
+    # Only the layers that hold the (pruned) weights: quantizing everything ONNX Runtime can (embedding
+    # Gathers, Adds, Transposes) made DeepSparse 1.8 abort on the file (an assertion in its Gather),
+    # and is not what prunekit's int8 kernels compute either.
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8, extra_options={"WeightSymmetric": True})
+                    activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                    extra_options={"WeightSymmetric": True})

@@ -4,6 +4,7 @@ and an install or a process without a compiler goes on."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -103,3 +104,35 @@ def test_an_install_without_a_working_compiler_goes_on_and_builds_nothing(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "the sparse CPU kernels will build on first use" in done.stderr
     assert not list((tmp_path / "src" / "prunekit" / "deploy" / "kernels").glob("_prebuilt_*"))
+
+
+def test_the_first_use_build_is_announced_only_while_nothing_is_cached_where_it_builds(tmp_path):
+    # torch's build is stubbed: it records where it was asked to build and fails (no compiler needed)
+    code = ("import json, os, sys, warnings, torch, torch.utils.cpp_extension as ext\n"
+            "torch.__version__ = '0.0'  # no prebuilt library matches: the first-use path\n"
+            "def stub(**kw):\n"
+            "    print(json.dumps([kw['name'], kw['build_directory']]))\n"
+            "    raise OSError('stubbed build')\n"
+            "ext.load = stub\n"
+            "from prunekit.deploy import kernels\n"
+            "with warnings.catch_warnings():\n"
+            "    warnings.simplefilter('ignore')\n"
+            "    kernels.load('portable')\n")
+    first = _run(code, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    name, where = json.loads(first.stdout.strip().splitlines()[-1])
+    assert "compiling the sparse CPU kernels" in first.stderr and where.startswith(str(tmp_path))
+    open(os.path.join(where, f"{name}.so"), "w").close()  # what a finished build leaves there
+    cached = _run(code, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    assert json.loads(cached.stdout.strip().splitlines()[-1]) == [name, where]
+    assert "compiling" not in cached.stderr, cached.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_the_kernels_use_the_openmp_runtime_torch_ships_not_a_second_one():
+    import torch  # noqa: F401 - torch first, as every caller of the kernels does
+
+    if kernels.load() is None:
+        pytest.skip("no kernels here")
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) <= 1, runtimes  # two OpenMP runtimes in one process fight over the cores

@@ -116,13 +116,21 @@ def _build_key(here: str, flags: list[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _build_dir(name: str) -> str:
+    """Where the first-use build of ``name`` goes: ``$TORCH_EXTENSIONS_DIR`` (else torch's default root)
+    ``/prunekit/<name>``. Passed to torch's build, so that the cache check below looks where it builds."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    path = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), "prunekit", name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _announce(name: str) -> None:
     """Say so on stderr when this call will compile (nothing built yet for this name)."""
     import sys
 
-    from torch.utils.cpp_extension import get_default_build_root
-
-    if not os.path.exists(os.path.join(get_default_build_root(), name, f"{name}.so")):
+    if not os.path.exists(os.path.join(_build_dir(name), f"{name}.so")):
         print(f"prunekit: compiling the sparse CPU kernels for this machine ({name}; first use only, about a "
               "minute, cached afterwards)", file=sys.stderr, flush=True)
 
@@ -197,7 +205,7 @@ def load(isa: str | None = None):
             name = f"prunekit_sparse_{isa}_{key}"
             _announce(name)
             module = build(name=name, sources=sources, extra_include_paths=[here], extra_cflags=flags,
-                           extra_ldflags=["-fopenmp"], verbose=False)
+                           extra_ldflags=["-fopenmp"], build_directory=_build_dir(name), verbose=False)
         _register_fakes(_namespace(isa))
         module.ops = getattr(torch.ops, _namespace(isa))
     except Exception as e:  # compiler missing, headers missing, ...

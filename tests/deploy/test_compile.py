@@ -41,8 +41,6 @@ def _ops_in(graph_module) -> set[str]:
 @needs_kernels
 @pytest.mark.parametrize("conv", [False, True])
 def test_runtime_model_under_torch_compile_matches_eager(conv):
-    if conv and not kernels.has_conv():
-        pytest.skip("convolution kernels need the AVX-512 build")
     fast, x = _runtime(conv)
     with torch.no_grad():
         eager = fast(x)
@@ -57,8 +55,6 @@ def test_runtime_model_under_torch_compile_matches_eager(conv):
 @needs_kernels
 @pytest.mark.parametrize("conv", [False, True])
 def test_runtime_model_exports_with_its_operators_and_round_trips(conv, tmp_path):
-    if conv and not kernels.has_conv():
-        pytest.skip("convolution kernels need the AVX-512 build")
     fast, x = _runtime(conv)
     with torch.no_grad():
         eager = fast(x)

@@ -101,16 +101,16 @@ def test_portable_build_matches_dense_and_is_chosen_by_the_variable(monkeypatch)
     assert portable is not None and portable.isa() == "portable" and _tiles(portable) == (8, 16)
     for out_f, in_f, tokens, seed in [(384, 384, 128, 0), (37, 91, 19, 1), (300, 64, 3, 2)]:
         assert_every_tile_matches_dense(portable, out_f, in_f, tokens, 0.9, seed)
-    assert not portable.has_vnni() and not portable.has_conv()
+    assert not portable.has_vnni() and portable.has_conv()
     with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
         SparseLinearInt8(_sparse_linear(8, 8, 0.5), portable)
-    conv = nn.Conv2d(4, 8, 3)
-    with pytest.raises(RuntimeError, match="AVX-512 kernel build"):
-        SparseConv2d(conv, portable)
-    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(8 * 8 * 8, 16))
-    pk.prune(model, 0.9, scope="layer")
-    fast, fast_report = to_sparse_runtime(model, torch.randn(1, 4, 10, 10), repeats=1)  # this build: the conv stays dense
-    assert type(fast[0]) is nn.Conv2d and "need the AVX-512 build" in fast_report.rows[0]["reason"]
+    # the portable convolution: partial pixel tiles, padding, stride, dilation, batches; one past the
+    # serial threshold so that it runs on the thread pool
+    for geometry in [(3, 5, 3, 1, 1, 1, 7, 9, 0, True), (4, 8, 3, 2, 1, "same", 10, 10, 3, False),
+                     (6, 7, 5, 3, 2, 2, 19, 13, 1, True), (64, 64, 3, 1, 1, 1, 28, 28, 1, True)]:
+        if geometry[5] == "same":
+            geometry = geometry[:3] + (1,) + geometry[4:]
+        assert_conv_matches_dense(portable, *geometry, sparsity=0.9, seed=1)
     monkeypatch.setenv("PRUNEKIT_KERNELS", "avx2")
     with pytest.raises(ValueError, match="PRUNEKIT_KERNELS='avx2'.*portable"):
         load()
@@ -241,7 +241,6 @@ def test_int8_runtime_measures_the_sparse_int8_kernel_on_blocks():
 
 
 @needs_kernels
-@pytest.mark.skipif(kernels is None or not kernels.has_conv(), reason="convolution kernels need the AVX-512 build")
 @settings(max_examples=40, deadline=None)
 @given(cin=st.integers(1, 20), cout=st.integers(1, 40), k=st.integers(1, 5), stride=st.integers(1, 3),
        dilation=st.integers(1, 2), padding=st.sampled_from([0, 1, 2, "same", "valid"]), h=st.integers(1, 20),
@@ -254,11 +253,15 @@ def test_sparse_conv_matches_dense_for_random_geometry(cin, cout, k, stride, dil
     pad = dilation * (k - 1) if padding == "same" else (0 if padding == "valid" else 2 * padding)
     if h + pad < dilation * (k - 1) + 1 or w + pad < dilation * (k - 1) + 1:
         return  # no output pixel: torch refuses these too
+    assert_conv_matches_dense(kernels, cin, cout, k, stride, dilation, padding, h, w, batch, bias, sparsity, seed)
+
+
+def assert_conv_matches_dense(module, cin, cout, k, stride, dilation, padding, h, w, batch, bias, sparsity, seed):
     torch.manual_seed(seed)
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
     pk.prune(conv, sparsity)
     pk.finalize(conv)
-    sparse = SparseConv2d(conv, kernels)
+    sparse = SparseConv2d(conv, module)
     assert sparse.nnz == int(torch.count_nonzero(conv.weight))
     x = torch.randn((batch, cin, h, w) if batch else (cin, h, w))
     with torch.no_grad():
@@ -269,7 +272,6 @@ def test_sparse_conv_matches_dense_for_random_geometry(cin, cout, k, stride, dil
 
 @pytest.mark.slow
 @needs_kernels
-@pytest.mark.skipif(kernels is None or not kernels.has_conv(), reason="convolution kernels need the AVX-512 build")
 def test_runtime_runs_a_pruned_resnet_with_sparse_convolutions_and_equal_outputs():
     from torchvision.models import resnet18
 

@@ -59,8 +59,7 @@ def _mixed_runtime(model: Net) -> nn.Module:
     """Every kind of layer the runtime makes, chosen by hand: CSR conv, CSR Linear, sparse int8, dynamic int8."""
     fast, _ = to_sparse_runtime(model)
     fast.fc1 = SparseLinear(model.fc1, kernels)  # not left to timing: every test below relies on these kinds
-    if kernels.has_conv():
-        fast.conv = SparseConv2d(model.conv, kernels)
+    fast.conv = SparseConv2d(model.conv, kernels)
     if kernels.has_vnni():
         fast.fc2 = SparseLinearInt8(model.fc2, kernels)
     fast.head = dynamic_int8(model.head)
@@ -127,8 +126,9 @@ def test_a_runtime_saved_for_avx512_is_rechosen_on_the_portable_build(tmp_path, 
     with pytest.warns(UserWarning, match="re-chose") as caught:
         loaded = load_runtime(path, Net())
     said = str(caught[0].message)
-    assert "'avx512' build, this CPU runs 'portable'" in said and "conv: convolution kernels" in said
-    assert type(loaded.conv) is nn.Conv2d and type(loaded.fc1) is SparseLinear and loaded.fc1._k.isa() == "portable"
+    assert "'avx512' build, this CPU runs 'portable'" in said
+    assert type(loaded.conv) is SparseConv2d and loaded.conv._k.isa() == "portable"  # the portable build has convs
+    assert type(loaded.fc1) is SparseLinear and loaded.fc1._k.isa() == "portable"
     if kernels.has_vnni():
         assert "fc2: no AVX-512 VNNI" in said and type(loaded.fc2) is SparseLinear
     assert _nonzeros(loaded) == _nonzeros(fast)
@@ -214,8 +214,6 @@ INT8_DAMAGE = {
 def test_a_damaged_runtime_file_is_refused_by_layer_and_array_before_a_kernel_reads_it(tmp_path, damage):
     if damage in INT8_DAMAGE and not kernels.has_vnni():
         pytest.skip("sparse int8 layers need AVX-512 VNNI")
-    if damage.startswith("conv") and not kernels.has_conv():
-        pytest.skip("sparse convolutions need the AVX-512 build")
     path = tmp_path / "fast.safetensors"
     save_runtime(_mixed_runtime(_pruned()), path)
     tensors, header = _arrays(path)
@@ -283,9 +281,8 @@ def test_kernel_layers_refuse_inputs_of_another_width():
             fast.fc2(torch.randn(2, 65))
     with torch.no_grad(), pytest.raises(ValueError, match="SparseLinear takes inputs x with 288 features.*got 287"):
         fast.fc1(torch.randn(2, 287))
-    if kernels.has_conv():
-        with torch.no_grad(), pytest.raises(ValueError, match="SparseConv2d takes inputs x with 4 channels.*got 3"):
-            fast.conv(torch.randn(1, 3, 6, 6))
+    with torch.no_grad(), pytest.raises(ValueError, match="SparseConv2d takes inputs x with 4 channels.*got 3"):
+        fast.conv(torch.randn(1, 3, 6, 6))
 
 
 @needs_kernels

@@ -199,9 +199,9 @@ def explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 class SparseConv2d(_KernelLayer):
     """A Conv2d stored as CSR over ``(out, in * kh * kw)`` and run by prunekit's kernels (inference only).
 
-    The kernel unfolds the input one tile of 32 output pixels at a time (implicit im2col) and
-    multiplies it by the CSR rows, so the output lands in NCHW without a transpose. Needs the
-    AVX-512 kernel build (``kernels.has_conv()``); ``groups`` must be 1 and ``padding_mode`` "zeros".
+    The kernel unfolds the input one tile of output pixels at a time (implicit im2col; 32 pixels in
+    the AVX-512 build, 16 in the portable one) and multiplies it by the CSR rows, so the output lands
+    in NCHW without a transpose. ``groups`` must be 1 and ``padding_mode`` "zeros".
 
     Args:
         conv: the (finalized) ``nn.Conv2d`` to convert; float32 on the CPU.
@@ -211,8 +211,6 @@ class SparseConv2d(_KernelLayer):
 
     def __init__(self, conv: nn.Conv2d, kernels: Any, chunks_per_thread: int = 8):
         super().__init__()
-        if not kernels.has_conv():
-            raise RuntimeError("SparseConv2d needs the AVX-512 kernel build (this CPU or build has none)")
         w = self._adopt(conv, kernels)
         if conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError(f"SparseConv2d takes groups=1 and padding_mode='zeros', got groups={conv.groups}, "

@@ -179,10 +179,7 @@ def _rebind(model, example_inputs, min_sparsity, repeats, threads, int8, progres
                     if kernels is None:
                         row["reason"] = "kernels could not be built here"
                     elif type(m) is nn.Conv2d:
-                        if kernels.has_conv():
-                            options["sparse"] = SparseConv2d(m, kernels)
-                        else:
-                            row["reason"] = "convolution kernels need the AVX-512 build"
+                        options["sparse"] = SparseConv2d(m, kernels)
                     else:
                         options["sparse"] = SparseLinear(m, kernels)
                         if int8 and kernels.has_vnni():

@@ -127,9 +127,9 @@ def load_runtime(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     is re-timed. ``model`` is not changed.
 
     On a CPU without what a saved choice needs, that layer is re-chosen with a warning: float
-    sparse layers use the build this CPU has, sparse int8 layers without AVX-512 VNNI run their
-    (same, dequantized) int8 weights through the float sparse kernel, convolutions without the
-    AVX-512 build run dense, and without any kernels every sparse layer runs dense.
+    sparse layers (convolutions included) use the build this CPU has, sparse int8 layers without
+    AVX-512 VNNI run their (same, dequantized) int8 weights through the float sparse kernel, and
+    without any kernels every sparse layer runs dense.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -293,9 +293,6 @@ def _restore(name: str, entry: dict, t: dict, notes: list) -> nn.Module:
     if kernels is None:
         notes.append(f"{name}: no kernels here, runs dense")
         return _dequantized(layer) if kind == "SparseLinearInt8" else layer.to_dense()
-    if kind == "SparseConv2d" and not kernels.has_conv():
-        notes.append(f"{name}: convolution kernels need the AVX-512 build, runs dense")
-        return layer.to_dense()
     if kind == "SparseLinearInt8" and not kernels.has_vnni():
         notes.append(f"{name}: no AVX-512 VNNI here, its int8 weights run in the float sparse kernel")
         return SparseLinear(_dequantized(layer), kernels)

@@ -19,7 +19,7 @@
 //
 // For a single token the transposed layout wastes the tile, so spmv_rows computes plain row-wise
 // dot products with four partial sums. `linear` is SparseLinear's whole forward in one call.
-// spmm_conv (AVX-512 build) runs Conv2d with the same row loop over pixel tiles; the int8 kernel
+// spmm_conv runs Conv2d with the same row loop over pixel tiles (both builds); the int8 kernel
 // is in sparse_int8.cpp.
 
 #include <torch/extension.h>
@@ -96,6 +96,53 @@ void transpose_tiles(const float* x, float* xt, int64_t tokens, int64_t in_featu
   }
 }
 
+// Geometry of a 2-D convolution (one image: x is (C, H, W), output (O, ho, wo)).
+struct ConvShape {
+  int64_t channels, height, width, out_width, pixels;  // pixels = ho * wo
+  int kh, kw, sh, sw, dh, dw, ph, pw;
+};
+
+// Portable convolution: the implicit im2col of one tile of TILE output pixels, dst[(c * kh + ki) *
+// kw + kj, t] (zero in the padding and past the last pixel), then tile_rows' loop over it, written
+// out per output channel. The AVX-512 build has its own (gathers, masked stores).
+template <int TILE>
+void conv_tile_portable(const float* x, float* dst, float* y, const ConvShape& s, int64_t t0, int64_t o0, int64_t o1,
+                        const int64_t* indptr, const int32_t* idx, const float* val, const float* bias,
+                        int64_t stride) {
+  const int64_t plane = s.height * s.width;
+  const int64_t valid = std::min<int64_t>(TILE, s.pixels - t0);
+  for (int ki = 0; ki < s.kh; ++ki) {
+    for (int kj = 0; kj < s.kw; ++kj) {
+      int64_t src[TILE];
+      for (int l = 0; l < TILE; ++l) {
+        const int64_t p = t0 + l;
+        const int64_t ih = (p / s.out_width) * s.sh + ki * s.dh - s.ph;
+        const int64_t iw = (p % s.out_width) * s.sw + kj * s.dw - s.pw;
+        src[l] = (l < valid && ih >= 0 && ih < s.height && iw >= 0 && iw < s.width) ? ih * s.width + iw : -1;
+      }
+      const int64_t kk = ki * s.kw + kj;
+      for (int64_t c = 0; c < s.channels; ++c) {
+        const float* xc = x + c * plane;
+        float* d = dst + (c * s.kh * s.kw + kk) * stride;
+        for (int l = 0; l < TILE; ++l) d[l] = src[l] >= 0 ? xc[src[l]] : 0.0f;
+      }
+    }
+  }
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[TILE];
+    const float b = bias ? bias[o] : 0.0f;
+    for (int t = 0; t < TILE; ++t) acc[t] = b;
+    for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
+      const float w = val[k];
+      const float* row = dst + static_cast<int64_t>(idx[k]) * stride;
+#pragma GCC unroll 16
+      for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
+    }
+    float* out = y + o * s.pixels + t0;
+    for (int64_t t = 0; t < valid; ++t) out[t] = acc[t];
+  }
+}
+
 #ifdef PRUNEKIT_AVX512
 using prunekit::transpose16;
 
@@ -116,12 +163,6 @@ void transpose_tiles_512(const float* x, float* xt, int64_t tokens, int64_t in_f
     }
   }
 }
-
-// Geometry of a 2-D convolution (one image: x is (C, H, W), output (O, ho, wo)).
-struct ConvShape {
-  int64_t channels, height, width, out_width, pixels;  // pixels = ho * wo
-  int kh, kw, sh, sw, dh, dw, ph, pw;
-};
 
 // Implicit im2col of one tile: dst[(c * kh + ki) * kw + kj, t] = x[c, ih, iw] for output pixel
 // t0 + t, zero where the window falls in the padding or past the last pixel. Unfolding the whole
@@ -326,7 +367,7 @@ torch::Tensor spmv_rows(torch::Tensor chunks, torch::Tensor indptr, torch::Tenso
 
 // Convolution: x (N, C, H, W) -> y (N, O, ho, wo) = W (O, C * kh * kw) unfold(x) + b, with the
 // unfold done tile by tile (pack_conv_tile). params: kh, kw, sh, sw, dh, dw, pad_top, pad_left, ho, wo.
-// AVX-512 build only (has_conv()); elsewhere convolutions stay dense.
+// Both builds: the AVX-512 one with gathers and 32-pixel tiles, the portable one with 16-pixel tiles.
 torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tensor values, torch::Tensor x,
                         c10::optional<torch::Tensor> bias, std::vector<int64_t> params) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
@@ -335,23 +376,23 @@ torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tens
   TORCH_CHECK(params.size() == 10, "params: kh, kw, sh, sw, dh, dw, pad_top, pad_left, ho, wo");
   const int64_t batch = x.size(0), out_features = indptr.size(0) - 1, ho = params[8], wo = params[9];
   auto y = torch::empty({batch, out_features, ho, wo}, x.options());
-#ifdef PRUNEKIT_AVX512
   const ConvShape shape{x.size(1), x.size(2), x.size(3), wo, ho * wo,
                         static_cast<int>(params[0]), static_cast<int>(params[1]), static_cast<int>(params[2]),
                         static_cast<int>(params[3]), static_cast<int>(params[4]), static_cast<int>(params[5]),
                         static_cast<int>(params[6]), static_cast<int>(params[7])};
   const int64_t in_features = shape.channels * shape.kh * shape.kw, columns = shape.pixels;
-  // Parallel over column tiles (a feature map has many; each thread packs its tile into a buffer that
-  // stays in cache while every row passes over it). Splitting rows instead made each thread stream
-  // the whole unfolded input: 7x slower than dense on a 3x3 layer (measured).
-  constexpr int NV = 2, TILE = 16 * NV;
-  const int64_t ntiles = (columns + TILE - 1) / TILE;
   const int64_t* ip = indptr.data_ptr<int64_t>();
   const int32_t* ix = indices.data_ptr<int32_t>();
   const float* v = values.data_ptr<float>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+#ifdef PRUNEKIT_AVX512
+  // Parallel over column tiles (a feature map has many; each thread packs its tile into a buffer that
+  // stays in cache while every row passes over it). Splitting rows instead made each thread stream
+  // the whole unfolded input: 7x slower than dense on a 3x3 layer (measured).
+  constexpr int NV = 2, TILE = 16 * NV;
+  const int64_t ntiles = (columns + TILE - 1) / TILE;
   const auto work = [&](int64_t a, int64_t z) {
     std::vector<float> tile(static_cast<size_t>(in_features) * TILE);
     for (int64_t job = a; job < z; ++job) {
@@ -377,18 +418,27 @@ torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tens
     at::parallel_for(0, batch * ntiles, 1, work);
   }
 #else
-  TORCH_CHECK(false, "spmm_conv needs the AVX-512 build (check has_conv() first)");
+  constexpr int TILE = 16;  // as the portable Linear loop (tile_rows): 32 measured slower there
+  const int64_t ntiles = (columns + TILE - 1) / TILE;
+  const int64_t image = shape.channels * shape.height * shape.width;
+  const auto work = [&](int64_t a, int64_t z) {
+    std::vector<float> tile(static_cast<size_t>(in_features) * TILE);
+    for (int64_t job = a; job < z; ++job) {
+      const int64_t n = job / ntiles, t0 = (job % ntiles) * TILE;
+      conv_tile_portable<TILE>(xp + n * image, tile.data(), yp + n * out_features * columns, shape, t0, 0,
+                               out_features, ip, ix, v, b, TILE);
+    }
+  };
+  if (values.numel() * columns * batch < kSerialWork) {
+    work(0, batch * ntiles);
+  } else {
+    at::parallel_for(0, batch * ntiles, 1, work);
+  }
 #endif
   return y;
 }
 
-bool has_conv() {
-#ifdef PRUNEKIT_AVX512
-  return true;
-#else
-  return false;
-#endif
-}
+bool has_conv() { return true; }  // both builds (kept for files and callers that ask)
 
 // The token tile this build runs fastest for a call with `tokens` rows (1 token: use spmv_rows).
 int64_t preferred_tile(int64_t tokens) {
@@ -458,8 +508,8 @@ PRUNEKIT_LIBRARY_IMPL(PRUNEKIT_OPS, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("spmm_conv", &spmm_conv, "CSR weights x implicitly unfolded NCHW input (AVX-512 build)");
-  m.def("has_conv", &has_conv, "whether spmm_conv is compiled in");
+  m.def("spmm_conv", &spmm_conv, "CSR weights x implicitly unfolded NCHW input");
+  m.def("has_conv", &has_conv, "whether spmm_conv is compiled in (always, since both builds have it)");
   m.def("has_vnni", &has_vnni, "whether spmm_int8 can run here (AVX-512 build and a VNNI CPU)");
   m.def("linear_int8", &linear_int8, "SparseLinearInt8 forward: x (..., in) -> (..., out)");
   m.def("spmm_int8", &spmm_int8, "int8 weights in groups of 4 columns x per-token int8 activations (VNNI)");

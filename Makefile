@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/compiled_runtime.py
 	$(BIN)/python bench/first_forward.py
+	$(BIN)/python bench/runtime_profile.py
 	test -x .venv-tfmot/bin/python || ( $(PY) -m venv .venv-tfmot && .venv-tfmot/bin/pip install -q "tensorflow-cpu==2.21.0" "tf_keras==2.21.*" "tensorflow-model-optimization==0.8.1" ) || echo "TF-MOT 0.8.1 not installable here: its columns are skipped"
 	$(BIN)/python bench/keras_vs_tfmot.py
 

@@ -22,8 +22,7 @@ import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oneshot import load_minilm  # noqa: E402
-from sparse_runtime import TEXT, Encoder, cpu_name, pruned  # noqa: E402
+from sparse_runtime import cpu_name, minilm_128, pruned  # noqa: E402
 
 from prunekit.deploy import to_sparse_runtime  # noqa: E402
 
@@ -64,10 +63,7 @@ def breakdown(fn, x, calls=20) -> dict:
 
 def main() -> None:
     torch.set_num_threads(2)
-    bert, tok = load_minilm()
-    dense = Encoder(bert).eval()
-    enc = tok(TEXT, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-    x = (enc["input_ids"], enc["attention_mask"])
+    dense, _, x = minilm_128()
     fast = to_sparse_runtime(pruned(dense, 0.9), x, threads=2).model
     compiled = torch.compile(fast)
     rows = {}

@@ -195,13 +195,17 @@ def resnet50_section(tmp: str) -> dict:
             "onnx": {"resnet dense": ort_path, "resnet 90%": sparse_path}}
 
 
+def minilm_128():
+    """The real MiniLM as an Encoder, its tokenizer, and TEXT as one (input_ids, attention_mask) of 128 tokens."""
+    bert, tok = load_minilm()
+    enc = tok(TEXT, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+    return Encoder(bert).eval(), tok, (enc["input_ids"], enc["attention_mask"])
+
+
 def main() -> None:
     torch.set_num_threads(2)
-    bert, tok = load_minilm()
-    dense = Encoder(bert).eval()
-    enc = tok(TEXT, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-    x1 = (enc["input_ids"], enc["attention_mask"])
-    x8 = (enc["input_ids"].repeat(8, 1), enc["attention_mask"].repeat(8, 1))
+    dense, tok, x1 = minilm_128()
+    x8 = tuple(t.repeat(8, 1) for t in x1)
     tmp = tempfile.mkdtemp(prefix="prunekit-bench-")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

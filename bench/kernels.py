@@ -61,7 +61,13 @@ def main() -> None:
                 fns["sparse avx512"] = SparseLinear(lin, native)
             if native.has_vnni():
                 fns["sparse int8 (VNNI)"] = SparseLinearInt8(lin, native)
-            rows.append({"layer": f"Linear {in_f}->{out_f}, {pattern}, 128 tokens", "us": timed(fns, torch.randn(128, in_f))})
+            x = torch.randn(128, in_f)
+            row = {"layer": f"Linear {in_f}->{out_f}, {pattern}, 128 tokens", "us": timed(fns, x)}
+            native_fp32 = fns.get("sparse avx512", fns["sparse portable"])
+            torch.set_num_threads(1)  # a pass of its own: resizing the pool between calls would cost both
+            row["us_1_thread"] = timed({"sparse": native_fp32, "dense": lin}, x)
+            torch.set_num_threads(2)
+            rows.append(row)
     for cin, cout, k, stride, hw in ((64, 64, 3, 1, 56), (256, 64, 1, 1, 56), (64, 256, 1, 1, 56),
                                      (128, 128, 3, 2, 56), (256, 256, 3, 1, 14), (512, 2048, 1, 1, 7)):
         conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
@@ -84,6 +90,15 @@ def main() -> None:
         us = r["us"]
         cells = [f"{us['dense'] / us[c]:.2f}x ({us[c]:.0f})" if c in us else "-" for c in columns]
         lines.append(f"| {r['layer']} | {us['dense']:.0f} | " + " | ".join(cells) + " |")
+    name = "avx512" if native.isa() == "avx512" else "portable"
+    lines += ["", f"Threads: the {name} fp32 kernel and dense PyTorch at 2 threads against 1 (same layers, a "
+              "separate 1-thread pass):", "", "| layer | sparse 1 thread us | sparse 2 threads / 1 | dense 2 threads / 1 |",
+              "|---|---|---|---|"]
+    for r in rows:
+        if "us_1_thread" in r:
+            one, two = r["us_1_thread"], r["us"]
+            lines.append(f"| {r['layer']} | {one['sparse']:.0f} | {one['sparse'] / two[f'sparse {name}']:.2f}x | "
+                         f"{one['dense'] / two['dense']:.2f}x |")
     with open(os.path.join(RESULTS, "kernels.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

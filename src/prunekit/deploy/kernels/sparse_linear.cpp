@@ -36,6 +36,20 @@
 
 namespace {
 
+// acc[t] = bias + the nonzeros k0..k1 of one row times a tile (in, TILE) of activations, TILE values
+// per nonzero (the portable loops of Linear and Conv2d).
+template <int TILE>
+inline void row_times_tile_portable(int64_t k0, int64_t k1, const int32_t* idx, const float* val, const float* tile,
+                                    int64_t stride, float bias, float* acc) {
+  for (int t = 0; t < TILE; ++t) acc[t] = bias;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float w = val[k];
+    const float* row = tile + static_cast<int64_t>(idx[k]) * stride;
+#pragma GCC unroll 16
+    for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
+  }
+}
+
 // xt: token tiles, (ntiles, in, TILE) contiguous; y: (tokens, out) row-major.
 // Tile-outer order keeps one tile of activations (in * TILE floats) hot in L2 while the chunk's rows
 // stream their nonzeros; results are stored straight into y's layout (no transpose afterwards).
@@ -55,15 +69,8 @@ void tile_rows(int64_t o0, int64_t o1, const int64_t* indptr, const int32_t* idx
     const int64_t valid = tokens - t0 < TILE ? tokens - t0 : TILE;
     const float* xtile = xt + tile * in_features * TILE;
     for (int64_t o = o0; o < o1; ++o) {
-      const float b = bias ? bias[o] : 0.0f;
       float acc[TILE];
-      for (int t = 0; t < TILE; ++t) acc[t] = b;
-      for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
-        const float w = val[k];
-        const float* row = xtile + static_cast<int64_t>(idx[k]) * stride;
-#pragma GCC unroll 16
-        for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
-      }
+      row_times_tile_portable<TILE>(indptr[o], indptr[o + 1], idx, val, xtile, stride, bias ? bias[o] : 0.0f, acc);
       float* st = stage.data() + (o - o0) * TILE;
       for (int t = 0; t < TILE; ++t) st[t] = acc[t];
     }
@@ -106,7 +113,7 @@ struct ConvShape {
 // kw + kj, t] (zero in the padding and past the last pixel), then tile_rows' loop over it, written
 // out per output channel. The AVX-512 build has its own (gathers, masked stores).
 template <int TILE>
-void conv_tile_portable(const float* x, float* dst, float* y, const ConvShape& s, int64_t t0, int64_t o0, int64_t o1,
+void conv_tile_portable(const float* x, float* dst, float* y, const ConvShape& s, int64_t t0, int64_t out_features,
                         const int64_t* indptr, const int32_t* idx, const float* val, const float* bias,
                         int64_t stride) {
   const int64_t plane = s.height * s.width;
@@ -128,16 +135,9 @@ void conv_tile_portable(const float* x, float* dst, float* y, const ConvShape& s
       }
     }
   }
-  for (int64_t o = o0; o < o1; ++o) {
+  for (int64_t o = 0; o < out_features; ++o) {
     float acc[TILE];
-    const float b = bias ? bias[o] : 0.0f;
-    for (int t = 0; t < TILE; ++t) acc[t] = b;
-    for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
-      const float w = val[k];
-      const float* row = dst + static_cast<int64_t>(idx[k]) * stride;
-#pragma GCC unroll 16
-      for (int t = 0; t < TILE; ++t) acc[t] += w * row[t];
-    }
+    row_times_tile_portable<TILE>(indptr[o], indptr[o + 1], idx, val, dst, stride, bias ? bias[o] : 0.0f, acc);
     float* out = y + o * s.pixels + t0;
     for (int64_t t = 0; t < valid; ++t) out[t] = acc[t];
   }
@@ -425,7 +425,7 @@ torch::Tensor spmm_conv(torch::Tensor indptr, torch::Tensor indices, torch::Tens
     std::vector<float> tile(static_cast<size_t>(in_features) * TILE);
     for (int64_t job = a; job < z; ++job) {
       const int64_t n = job / ntiles, t0 = (job % ntiles) * TILE;
-      conv_tile_portable<TILE>(xp + n * image, tile.data(), yp + n * out_features * columns, shape, t0, 0,
+      conv_tile_portable<TILE>(xp + n * image, tile.data(), yp + n * out_features * columns, shape, t0,
                                out_features, ip, ix, v, b, TILE);
     }
   };

@@ -5,7 +5,8 @@ Not part of prunekit and never imported by it. bench/sparse_runtime.py runs it a
 ``NM_DISABLE_ANALYTICS=True``. Each ONNX file is copied first (DeepSparse rewrites files in place when
 given input shapes). ONNX Runtime runs the dense files as well (names starting or ending with
 "dense"), so that ratios can be chained through the dense ONNX Runtime times measured in both
-processes. Interleaved rounds, medians, 2 threads.
+processes; a name written ``ort:NAME`` is timed in ONNX Runtime only. Interleaved rounds, medians,
+2 threads.
 """
 
 from __future__ import annotations
@@ -47,11 +48,15 @@ def main() -> None:
     opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
     errors = {}  # a file DeepSparse cannot compile costs its row, not the whole peer column
     for name, path in specs.items():
+        ort_only = name.startswith("ort:")  # a chain file another process already ran in DeepSparse
+        name = name.removeprefix("ort:")
         inputs = _inputs(path, ort)
         if name.startswith("dense") or name.endswith("dense"):  # the files ratios are chained through
             sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             names = [i.name for i in sess.get_inputs()]
             runners[f"{name} (ONNX Runtime)"] = lambda s=sess, n=names, x=inputs: s.run(None, dict(zip(n, x)))
+        if ort_only:
+            continue
         private = os.path.join(tmp, os.path.basename(path))
         shutil.copy(path, private)
         try:

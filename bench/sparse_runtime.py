@@ -133,7 +133,7 @@ def deepsparse_peer(models: dict, x1, tmp: str) -> dict | None:
     result: dict = {"errors": {}, "warnings": []}
     for name, path in paths.items():
         dense = "resnet dense" if name.startswith("resnet") else "dense"
-        args = {dense: paths[dense], name: path}
+        args = {name: path} if name == dense else {f"ort:{dense}": paths[dense], name: path}
         out = os.path.join(tmp, f"deepsparse-{name.replace(' ', '-').replace('%', '')}.json")
         done = subprocess.run([python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepsparse_peer.py"),
                                out, *[f"{k}={v}" for k, v in args.items()]], capture_output=True, text=True,
